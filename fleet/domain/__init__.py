@@ -1,0 +1,1 @@
+"""Pure domain model: cargo classes, priorities, orders and robots. Imports nothing from the edges."""

@@ -1,0 +1,112 @@
+"""Orders: what a person asked for, and the states an order moves through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fleet.domain.cargo import CargoClass
+from fleet.domain.errors import FailedPrecondition
+from fleet.domain.priority import Priority
+
+
+class OrderState(StrEnum):
+    """Where an order is in its life."""
+
+    PENDING = "PENDING"  # accepted, waiting for a robot
+    ASSIGNED = "ASSIGNED"  # a robot's plan holds it, not yet picked up
+    PICKED_UP = "PICKED_UP"  # on board a robot
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        """True for states an order never leaves."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({OrderState.DELIVERED, OrderState.CANCELLED, OrderState.FAILED})
+
+_ALLOWED: dict[OrderState, frozenset[OrderState]] = {
+    OrderState.PENDING: frozenset(
+        {OrderState.ASSIGNED, OrderState.CANCELLED, OrderState.FAILED}
+    ),
+    OrderState.ASSIGNED: frozenset(
+        {
+            OrderState.PENDING,
+            OrderState.ASSIGNED,
+            OrderState.PICKED_UP,
+            OrderState.CANCELLED,
+            OrderState.FAILED,
+        }
+    ),
+    OrderState.PICKED_UP: frozenset({OrderState.DELIVERED, OrderState.FAILED}),
+    OrderState.DELIVERED: frozenset(),
+    OrderState.CANCELLED: frozenset(),
+    OrderState.FAILED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """One entry of an order's history."""
+
+    at: float
+    state: OrderState
+    detail: str = ""
+
+
+@dataclass
+class Order:
+    """A request to move `quantity` slots of `cargo_class` from one station to another.
+
+    Times are seconds since the Unix epoch, from the injected clock.
+    """
+
+    id: str
+    pickup_station: str
+    dropoff_station: str
+    cargo_class: CargoClass
+    quantity: int
+    priority: Priority
+    created_at: float
+    needed_by: float | None = None
+    requested_by: str = ""
+    note: str = ""
+    state: OrderState = OrderState.PENDING
+    robot_id: str | None = None
+    eta: float | None = None
+    picked_up_at: float | None = None
+    delivered_at: float | None = None
+    failure_reason: str = ""
+    history: list[OrderEvent] = field(default_factory=list)
+
+    def move_to(self, state: OrderState, at: float, detail: str = "") -> None:
+        """Change state, enforcing the allowed transitions and recording history."""
+        if state not in _ALLOWED[self.state]:
+            raise FailedPrecondition(
+                f"order {self.id} is {self.state.value} and cannot become {state.value}"
+            )
+        self.state = state
+        self.history.append(OrderEvent(at=at, state=state, detail=detail))
+        if state is OrderState.PICKED_UP:
+            self.picked_up_at = at
+        elif state is OrderState.DELIVERED:
+            self.delivered_at = at
+            self.eta = None
+        elif state is OrderState.FAILED:
+            self.failure_reason = detail
+            self.eta = None
+        elif state is OrderState.CANCELLED:
+            self.eta = None
+        if state in (OrderState.PENDING, OrderState.CANCELLED, OrderState.FAILED):
+            if state is OrderState.PENDING:
+                self.robot_id = None
+
+    @property
+    def on_time(self) -> bool | None:
+        """Whether a delivered order met its needed-by time (None when not applicable)."""
+        if self.delivered_at is None or self.needed_by is None:
+            return None
+        return self.delivered_at <= self.needed_by
