@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 protos: $(STAMP)
-	$(BIN)/python scripts/gen_protos.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/gen_protos.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
