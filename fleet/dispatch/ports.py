@@ -118,4 +118,4 @@ class InMemoryStore:
 def order_number(order_id: str) -> int:
     """N for an id `ORD-N`; 0 for any other id."""
     prefix, _, digits = order_id.partition("-")
-    return int(digits) if prefix == "ORD" and digits.isdigit() else 0
+    return int(digits) if prefix == "ORD" and digits.isascii() and digits.isdigit() else 0

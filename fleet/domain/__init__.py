@@ -1,1 +1,1 @@
-"""Pure domain model: cargo classes, priorities, orders and robots. Imports nothing from the edges."""
+"""Pure domain model: cargo classes, priorities, orders and robots; imports no edge code."""

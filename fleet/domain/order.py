@@ -29,9 +29,7 @@ class OrderState(StrEnum):
 _TERMINAL = frozenset({OrderState.DELIVERED, OrderState.CANCELLED, OrderState.FAILED})
 
 _ALLOWED: dict[OrderState, frozenset[OrderState]] = {
-    OrderState.PENDING: frozenset(
-        {OrderState.ASSIGNED, OrderState.CANCELLED, OrderState.FAILED}
-    ),
+    OrderState.PENDING: frozenset({OrderState.ASSIGNED, OrderState.CANCELLED, OrderState.FAILED}),
     OrderState.ASSIGNED: frozenset(
         {
             OrderState.PENDING,
@@ -100,9 +98,9 @@ class Order:
             self.eta = None
         elif state is OrderState.CANCELLED:
             self.eta = None
-        if state in (OrderState.PENDING, OrderState.CANCELLED, OrderState.FAILED):
-            if state is OrderState.PENDING:
-                self.robot_id = None
+        elif state is OrderState.PENDING:
+            self.robot_id = None
+            self.eta = None
 
     @property
     def on_time(self) -> bool | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,9 +35,8 @@ def test_every_proto_field_and_message_has_a_comment() -> None:
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):
             s = line.strip()
-            declares = (
-                s.startswith(("message ", "enum ", "service ", "rpc "))
-                or (s.endswith(";") and "=" in s and not s.startswith(("option", "syntax")))
+            declares = s.startswith(("message ", "enum ", "service ", "rpc ")) or (
+                s.endswith(";") and "=" in s and not s.startswith(("option", "syntax"))
             )
             if declares and not lines[i - 1].strip().startswith("//"):
                 missing.append(f"{proto.name}:{i + 1}: {s}")

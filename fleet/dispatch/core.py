@@ -1,0 +1,847 @@
+"""The dispatcher core: the single writer of fleet state.
+
+Every change to robots, orders, reservations, doors and lifts happens here, one message at a
+time, through `handle`. Handlers queue outbound messages; the bus drains them with `drain` and
+hands them to the edges. Re-planning is split so the solve can run elsewhere: `snapshot()`
+captures what the optimizer needs, `apply_plan()` installs a result if the fleet has not moved
+on since the snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleet.building.graph import BuildingGraph, NoRoute
+from fleet.building.model import Building
+from fleet.clock import Clock
+from fleet.dispatch import messages as m
+from fleet.dispatch.ports import Assignment, FleetStore
+from fleet.domain.cargo import flow_of
+from fleet.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from fleet.domain.order import Order, OrderEvent, OrderState
+from fleet.domain.priority import Priority
+from fleet.domain.robot import Robot, RobotMode
+from fleet.planning import OnboardTask, Plan, Snapshot, Stop, StopKind, Task, VehicleState
+from fleet.traffic.reservations import Reservations
+from fleet.traffic.steps import Step, StepKind, steps_for_route
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Tunables of the dispatcher core."""
+
+    offline_timeout_s: float = 30.0
+    state_interval_s: float = 2.0
+    max_quantity: int = 100
+    # Orders on board a robot that never reconnects after a restart fail after this long.
+    reconnect_grace_s: float = 120.0
+
+
+@dataclass
+class _Wait:
+    """What a robot's next dispatcher-side step is waiting for."""
+
+    kind: str  # "door_queue", "door_open", "lift_queue", "lift_at"
+    resource: str
+    level: str = ""
+    session_id: str = ""
+
+
+@dataclass
+class _RobotRun:
+    """A robot as the core runs it: its domain record plus what it is executing."""
+
+    robot: Robot
+    connected: bool = True
+    current_stop: Stop | None = None
+    stop_departure: float = 0.0  # estimate of when the current stop is done
+    steps: deque[Step] = field(default_factory=deque)
+    in_flight: tuple[int, Step] | None = None
+    waiting: _Wait | None = None
+    future: list[Stop] = field(default_factory=list)
+    step_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    sessions: dict[str, str] = field(default_factory=dict)  # resource -> session id held
+
+
+@dataclass
+class _LiftRun:
+    level: str
+    door: m.LiftDoorState = m.LiftDoorState.CLOSED
+    mode: m.LiftMode = m.LiftMode.NORMAL
+    session_id: str = ""
+
+
+@dataclass
+class _DoorRun:
+    mode: m.DoorMode = m.DoorMode.CLOSED
+    session_id: str = ""
+
+
+_PRIORITY_ORDER = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
+
+
+class FleetCore:
+    """Owns robots, orders, reservations, doors and lifts; changes them one message at a time."""
+
+    def __init__(
+        self,
+        building: Building,
+        graph: BuildingGraph,
+        store: FleetStore,
+        clock: Clock,
+        config: CoreConfig | None = None,
+    ) -> None:
+        self.building = building
+        self.graph = graph
+        self.store = store
+        self.clock = clock
+        self.config = config or CoreConfig()
+        self.orders: dict[str, Order] = {}
+        self.robots: dict[str, _RobotRun] = {}
+        self.lifts = {
+            name: _LiftRun(level=lift.initial_level or lift.levels[0])
+            for name, lift in building.lifts.items()
+        }
+        self.doors = {name: _DoorRun() for name in building.doors}
+        capacities = {f"door:{d}": 1 for d in building.doors}
+        # One session per car: a car carries one robot at a time until car sharing exists.
+        capacities.update({f"lift:{name}": 1 for name in building.lifts})
+        self.reservations = Reservations(capacities)
+        self.step_log: list[m.StepRecord] = []
+        self.plan_epoch = 0  # moves when a robot commits to a new stop
+        self.plan_version = 0  # counts applied plans
+        self.replan_requested = False
+        self._started_at = clock.now()
+        self._outbox: list[m.Outbound] = []
+        self._dirty: dict[str, Order] = {}
+        self._sessions = itertools.count(1)
+        self._next_order = store.max_order_number() + 1
+        self._speed_limits = {
+            (lane.start, lane.end): lane.speed_limit_m_s for lane in building.lanes
+        } | {(lane.end, lane.start): lane.speed_limit_m_s for lane in building.lanes}
+        self._recover()
+
+    # ---- start-up -----------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild state from the store: every accepted order is still there after a restart."""
+        now = self.clock.now()
+        for order in self.store.load_open_orders():
+            self.orders[order.id] = order
+            if order.state is OrderState.ASSIGNED:
+                # Plans do not survive a restart; the order waits for the next plan.
+                order.move_to(OrderState.PENDING, now, "dispatcher restarted; re-planning")
+                self._mark(order)
+        if self.orders:
+            self.replan_requested = True
+        self._flush()
+
+    # ---- the one entry point -------------------------------------------------------------
+
+    def handle(self, msg: m.Inbound) -> Order | None:
+        """Apply one command or event. Returns the order for order commands."""
+        try:
+            result = self._dispatch(msg)
+        finally:
+            self._flush()
+        return result
+
+    def drain(self) -> list[m.Outbound]:
+        """Take the messages queued for the edges, in order."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _dispatch(self, msg: m.Inbound) -> Order | None:
+        if isinstance(msg, m.CreateOrder):
+            return self._create_order(msg)
+        if isinstance(msg, m.CancelOrder):
+            return self._cancel_order(msg)
+        if isinstance(msg, m.RobotHello):
+            self._robot_hello(msg)
+        elif isinstance(msg, m.RobotStateReport):
+            self._robot_state(msg)
+        elif isinstance(msg, m.StepReport):
+            self._step_report(msg)
+        elif isinstance(msg, m.RobotDisconnected):
+            run = self.robots.get(msg.robot_id)
+            if run is not None and run.connected:
+                self._go_offline(run, "stream closed")
+        elif isinstance(msg, m.DoorReport):
+            self._door_report(msg)
+        elif isinstance(msg, m.LiftReport):
+            self._lift_report(msg)
+        elif isinstance(msg, m.ControllerHello):
+            self._controller_hello(msg)
+        elif isinstance(msg, m.Tick):
+            self._tick()
+        return None
+
+    # ---- orders --------------------------------------------------------------------------
+
+    def validate_order(self, cmd: m.CreateOrder) -> None:
+        """Raise InvalidArgument naming the first bad field of `cmd`."""
+        stations = self.building.stations
+        if not cmd.pickup_station:
+            raise InvalidArgument("pickup_station", "is required")
+        if cmd.pickup_station not in stations:
+            raise InvalidArgument("pickup_station", f"unknown station {cmd.pickup_station!r}")
+        if not cmd.dropoff_station:
+            raise InvalidArgument("dropoff_station", "is required")
+        if cmd.dropoff_station not in stations:
+            raise InvalidArgument("dropoff_station", f"unknown station {cmd.dropoff_station!r}")
+        if cmd.pickup_station == cmd.dropoff_station:
+            raise InvalidArgument("dropoff_station", "must differ from pickup_station")
+        if cmd.cargo_class is None:
+            raise InvalidArgument("cargo_class", "is required")
+        if cmd.quantity < 1:
+            raise InvalidArgument("quantity", f"must be at least 1, got {cmd.quantity}")
+        if cmd.quantity > self.config.max_quantity:
+            raise InvalidArgument(
+                "quantity", f"must be at most {self.config.max_quantity}, got {cmd.quantity}"
+            )
+        if cmd.needed_by is not None and cmd.needed_by < self.clock.now():
+            raise InvalidArgument("needed_by", "is in the past")
+        flow = flow_of(cmd.cargo_class)
+        a = self.building.station_node(cmd.pickup_station)
+        b = self.building.station_node(cmd.dropoff_station)
+        if self.graph.travel_time(a, b, flow, 1.0) == float("inf"):
+            raise InvalidArgument(
+                "dropoff_station",
+                f"no {flow.value.lower()}-flow route from {cmd.pickup_station} "
+                f"to {cmd.dropoff_station} for {cmd.cargo_class.value} cargo",
+            )
+
+    def _create_order(self, cmd: m.CreateOrder) -> Order:
+        self.validate_order(cmd)
+        assert cmd.cargo_class is not None
+        now = self.clock.now()
+        order = Order(
+            id=f"ORD-{self._next_order:06d}",
+            pickup_station=cmd.pickup_station,
+            dropoff_station=cmd.dropoff_station,
+            cargo_class=cmd.cargo_class,
+            quantity=cmd.quantity,
+            priority=cmd.priority,
+            created_at=now,
+            needed_by=cmd.needed_by,
+            requested_by=cmd.requested_by,
+            note=cmd.note,
+        )
+        order.history.append(OrderEvent(at=now, state=OrderState.PENDING, detail="accepted"))
+        # Durable before acknowledged: if the store refuses, nothing changes here.
+        self.store.add_order(order)
+        self._next_order += 1
+        self.orders[order.id] = order
+        self._outbox.append(m.OrderChanged(copy.deepcopy(order)))
+        self._request_replan()
+        return copy.deepcopy(order)
+
+    def _cancel_order(self, cmd: m.CancelOrder) -> Order:
+        self.get_order(cmd.order_id)  # NotFound / InvalidArgument for unknown or empty ids
+        order = self.orders.get(cmd.order_id)
+        if order is None:  # only terminal orders live in the store alone
+            raise FailedPrecondition(f"order {cmd.order_id} is already finished")
+        if order.state not in (OrderState.PENDING, OrderState.ASSIGNED):
+            raise FailedPrecondition(
+                f"order {order.id} is {order.state.value}; only pending or assigned orders "
+                "can be cancelled"
+            )
+        run = self.robots.get(order.robot_id or "")
+        if run is not None and self._is_loading(run, order.id):
+            raise FailedPrecondition(f"order {order.id} is being loaded onto a robot")
+        order.move_to(OrderState.CANCELLED, self.clock.now(), cmd.reason or "cancelled")
+        self._mark(order)
+        self._request_replan()
+        return copy.deepcopy(order)
+
+    def _is_loading(self, run: _RobotRun, order_id: str) -> bool:
+        return (
+            run.in_flight is not None
+            and run.in_flight[1].kind is StepKind.PICKUP
+            and (order_id in run.in_flight[1].order_ids)
+        )
+
+    def get_order(self, order_id: str) -> Order:
+        """The order with this id, from memory or the store; NotFound otherwise."""
+        if not order_id:
+            raise InvalidArgument("order_id", "is required")
+        order = self.orders.get(order_id)
+        if order is None:
+            order = self.store.get_order(order_id)
+        if order is None:
+            raise NotFound(f"no order {order_id!r}")
+        return copy.deepcopy(order)
+
+    def known_robot(self, robot_id: str) -> bool:
+        """True when a robot with this id has ever said hello."""
+        return robot_id in self.robots
+
+    def _mark(self, order: Order) -> None:
+        self._dirty[order.id] = order
+
+    def _flush(self) -> None:
+        if not self._dirty:
+            return
+        changed = list(self._dirty.values())
+        self._dirty.clear()
+        self.store.update_orders(changed)
+        for order in changed:
+            self._outbox.append(m.OrderChanged(copy.deepcopy(order)))
+
+    def _request_replan(self) -> None:
+        self.replan_requested = True
+
+    # ---- robots --------------------------------------------------------------------------
+
+    def _robot_hello(self, msg: m.RobotHello) -> None:
+        now = self.clock.now()
+        if not msg.robot_id:
+            raise InvalidArgument("robot_id", "is required")
+        if msg.node not in self.building.nodes:
+            raise InvalidArgument("current_node", f"unknown node {msg.node!r}")
+        caps = msg.capabilities
+        if not caps.cargo_classes:
+            raise InvalidArgument("cargo_classes", "at least one cargo class is required")
+        try:
+            _ = caps.flow
+        except ValueError as exc:
+            raise InvalidArgument("cargo_classes", str(exc)) from exc
+        if caps.capacity_slots < 1:
+            raise InvalidArgument("capacity_slots", "must be at least 1")
+        if caps.max_speed_m_s <= 0:
+            raise InvalidArgument("max_speed_m_s", "must be greater than 0")
+        old = self.robots.get(msg.robot_id)
+        if old is not None and old.connected:
+            # A second hello on a live robot: it restarted; drop what it was doing.
+            self._abandon_work(old, "robot restarted", fail_onboard=False)
+        node = self.building.nodes[msg.node]
+        robot = Robot(
+            id=msg.robot_id,
+            capabilities=caps,
+            node=msg.node,
+            level=node.level,
+            x=node.x,
+            y=node.y,
+            battery_percent=msg.battery_percent,
+            mode=RobotMode.IDLE,
+            last_seen=now,
+        )
+        run = _RobotRun(robot=robot)
+        if old is not None:
+            run.step_ids = old.step_ids  # step ids stay increasing across reconnects
+        self.robots[msg.robot_id] = run
+        carrying = set(msg.carrying)
+        for order in self.orders.values():
+            if order.state is OrderState.PICKED_UP and order.robot_id == msg.robot_id:
+                if order.id in carrying:
+                    robot.carrying.add(order.id)
+                else:
+                    order.move_to(
+                        OrderState.FAILED, now, f"robot {msg.robot_id} no longer carries it"
+                    )
+                    self._mark(order)
+        self.store.upsert_robot(robot)
+        self._outbox.append(
+            m.WelcomeRobot(msg.robot_id, self.building.name, self.config.state_interval_s)
+        )
+        self._request_replan()
+
+    def _robot_state(self, msg: m.RobotStateReport) -> None:
+        run = self._live_robot(msg.robot_id)
+        r = run.robot
+        r.last_seen = self.clock.now()
+        r.battery_percent = msg.battery_percent
+        r.level, r.x, r.y = msg.level or r.level, msg.x, msg.y
+        if msg.node:
+            r.node = msg.node
+        if msg.mode is RobotMode.FAULT and r.mode is not RobotMode.FAULT:
+            self._abandon_work(
+                run, "robot reported a fault: " + "; ".join(msg.errors), fail_onboard=True
+            )
+            r.mode = RobotMode.FAULT
+            self.store.upsert_robot(r)
+        elif msg.mode is not RobotMode.FAULT and r.mode is RobotMode.FAULT:
+            r.mode = RobotMode.IDLE
+            self.store.upsert_robot(r)
+            self._request_replan()
+
+    def _live_robot(self, robot_id: str) -> _RobotRun:
+        run = self.robots.get(robot_id)
+        if run is None:
+            raise InvalidArgument("robot_id", f"unknown robot {robot_id!r}: send a hello first")
+        if not run.connected:
+            raise FailedPrecondition(f"robot {robot_id} is offline: send a hello first")
+        return run
+
+    def _step_report(self, msg: m.StepReport) -> None:
+        run = self._live_robot(msg.robot_id)
+        run.robot.last_seen = self.clock.now()
+        if run.in_flight is None or run.in_flight[0] != msg.step_id:
+            return  # a late report of a step that was abandoned: nothing to do
+        step = run.in_flight[1]
+        if msg.outcome is m.StepOutcome.STARTED:
+            return
+        if msg.outcome is m.StepOutcome.FAILED:
+            run.in_flight = None
+            self._log(run, f"FAILED {step.describe()}: {msg.detail}", "STEP_FAILED", step)
+            self._abandon_work(run, f"step failed: {msg.detail}", fail_onboard=True)
+            run.robot.mode = RobotMode.FAULT
+            self.store.upsert_robot(run.robot)
+            return
+        run.in_flight = None
+        self._step_done(run, step, msg.node)
+        self._advance(run)
+
+    def _step_done(self, run: _RobotRun, step: Step, node: str) -> None:
+        now = self.clock.now()
+        robot = run.robot
+        if step.kind is StepKind.MOVE:
+            robot.node = step.to_node
+        elif step.kind is StepKind.LIFT_ENTER:
+            robot.node = step.from_node  # riding: the lobby it left is its last node
+        elif step.kind is StepKind.LIFT_EXIT:
+            robot.node = step.to_node
+        elif step.kind is StepKind.PICKUP:
+            for oid in step.order_ids:
+                order = self.orders[oid]
+                order.move_to(OrderState.PICKED_UP, now, f"on board {robot.id}")
+                robot.carrying.add(oid)
+                self._mark(order)
+        elif step.kind is StepKind.DROPOFF:
+            for oid in step.order_ids:
+                order = self.orders[oid]
+                order.move_to(OrderState.DELIVERED, now, f"delivered by {robot.id}")
+                robot.carrying.discard(oid)
+                self._mark(order)
+        if node and node in self.building.nodes:
+            robot.node = node
+        robot.level = self.building.nodes[robot.node].level
+        self._log(run, step.describe(), step.kind.value, step)
+        if run.steps and run.steps[0] is step:
+            run.steps.popleft()
+
+    def _log(self, run: _RobotRun, what: str, kind: str, step: Step | None = None) -> None:
+        self.step_log.append(
+            m.StepRecord(
+                at=self.clock.now(),
+                robot_id=run.robot.id,
+                what=what,
+                kind=kind,
+                order_ids=step.order_ids if step else (),
+            )
+        )
+
+    # ---- execution -----------------------------------------------------------------------
+
+    def _advance(self, run: _RobotRun) -> None:
+        """Start whatever the robot should do next, until it must wait for someone."""
+        robot = run.robot
+        while run.connected and robot.mode not in (RobotMode.FAULT, RobotMode.PAUSED):
+            if run.in_flight is not None or run.waiting is not None:
+                return
+            if not run.steps:
+                if run.current_stop is not None:
+                    run.current_stop = None
+                if not self._start_next_stop(run):
+                    robot.mode = RobotMode.IDLE
+                    return
+                continue
+            step = run.steps[0]
+            if step.kind is StepKind.PICKUP:
+                step = self._refresh_pickup(run, step)
+                if not step.order_ids:
+                    run.steps.popleft()  # everything it was to load was cancelled
+                    continue
+            if step.kind.robot_side:
+                step_id = next(run.step_ids)
+                run.in_flight = (step_id, step)
+                session = run.sessions.get(f"lift:{step.lift}", "") if step.lift else ""
+                self._outbox.append(m.SendStep(robot.id, step_id, step, session))
+                return
+            self._dispatcher_step(run, step)
+
+    def _refresh_pickup(self, run: _RobotRun, step: Step) -> Step:
+        """The pickup step without orders cancelled or re-assigned since it was planned."""
+        stop = run.current_stop
+        assert stop is not None
+        ids = tuple(oid for oid in step.order_ids if self._still_wanted(run, stop, oid))
+        if ids == step.order_ids:
+            return step
+        quantity = sum(self.orders[oid].quantity for oid in ids)
+        fresh = Step(
+            step.kind, station=step.station, order_ids=ids, quantity=quantity, to_node=step.to_node
+        )
+        run.steps[0] = fresh
+        return fresh
+
+    def _start_next_stop(self, run: _RobotRun) -> bool:
+        """Take the next stop of the robot's plan and expand it into steps."""
+        while run.future:
+            stop = run.future.pop(0)
+            ids = tuple(oid for oid in stop.order_ids if self._still_wanted(run, stop, oid))
+            if not ids:
+                continue
+            stop = Stop(stop.node, stop.kind, ids, stop.arrival, stop.departure)
+            robot = run.robot
+            caps = robot.capabilities
+            try:
+                route = self.graph.route(robot.node, stop.node, caps.flow, caps.max_speed_m_s)
+            except NoRoute as exc:
+                for oid in ids:
+                    self._fail_or_release(self.orders[oid], f"no route: {exc}")
+                continue
+            steps = steps_for_route(route, self._speed_limits)
+            station = self._station_at(stop.node)
+            quantity = sum(self.orders[oid].quantity for oid in ids)
+            kind = StepKind.PICKUP if stop.kind is StopKind.PICKUP else StepKind.DROPOFF
+            steps.append(
+                Step(kind, station=station, order_ids=ids, quantity=quantity, to_node=stop.node)
+            )
+            run.steps = deque(steps)
+            run.current_stop = stop
+            now = self.clock.now()
+            service = self.building.stations[station].service_time_s
+            run.stop_departure = now + route.time_s + service
+            robot.mode = RobotMode.BUSY
+            self.plan_epoch += 1
+            return True
+        return False
+
+    def _still_wanted(self, run: _RobotRun, stop: Stop, oid: str) -> bool:
+        order = self.orders.get(oid)
+        if order is None:
+            return False
+        if stop.kind is StopKind.PICKUP:
+            return order.state is OrderState.ASSIGNED and order.robot_id == run.robot.id
+        return oid in run.robot.carrying
+
+    def _station_at(self, node: str) -> str:
+        for name, station in self.building.stations.items():
+            if station.node == node:
+                return name
+        raise KeyError(f"no station on node {node}")
+
+    def _fail_or_release(self, order: Order, reason: str) -> None:
+        now = self.clock.now()
+        if order.state is OrderState.PICKED_UP:
+            order.move_to(OrderState.FAILED, now, reason)
+        elif order.state is OrderState.ASSIGNED:
+            order.move_to(OrderState.PENDING, now, reason)
+        self._mark(order)
+        self._request_replan()
+
+    def _new_session(self, run: _RobotRun, resource: str) -> str:
+        sid = f"{run.robot.id}/{resource}/{next(self._sessions)}"
+        run.sessions[resource] = sid
+        return sid
+
+    def _dispatcher_step(self, run: _RobotRun, step: Step) -> None:
+        """Do a dispatcher-side step, or set what the robot waits for."""
+        rid = run.robot.id
+        if step.kind is StepKind.DOOR_OPEN:
+            res = f"door:{step.door}"
+            if self.reservations.request(res, rid):
+                self._open_door(run, step.door)
+            else:
+                run.waiting = _Wait("door_queue", res)
+        elif step.kind is StepKind.DOOR_CLOSE:
+            self._release(run, f"door:{step.door}")
+            self._finish_dispatcher_step(run, step)
+        elif step.kind is StepKind.LIFT_CALL:
+            res = f"lift:{step.lift}"
+            if self.reservations.request(res, rid):
+                self._call_lift(run, step.lift, step.level)
+            else:
+                run.waiting = _Wait("lift_queue", res, level=step.level)
+        elif step.kind is StepKind.LIFT_RIDE:
+            sid = run.sessions[f"lift:{step.lift}"]
+            run.waiting = _Wait("lift_at", f"lift:{step.lift}", step.to_level, sid)
+            self._outbox.append(
+                m.LiftCommand(step.lift, m.LiftAction.GO_TO, sid, rid, step.to_level)
+            )
+        elif step.kind is StepKind.LIFT_RELEASE:
+            self._release(run, f"lift:{step.lift}")
+            self._finish_dispatcher_step(run, step)
+        else:  # pragma: no cover - robot-side kinds never get here
+            raise AssertionError(step.kind)
+
+    def _finish_dispatcher_step(self, run: _RobotRun, step: Step) -> None:
+        run.waiting = None
+        self._log(run, step.describe(), step.kind.value, step)
+        if run.steps and run.steps[0] is step:
+            run.steps.popleft()
+
+    def _open_door(self, run: _RobotRun, door: str) -> None:
+        sid = self._new_session(run, f"door:{door}")
+        run.waiting = _Wait("door_open", f"door:{door}", session_id=sid)
+        self._outbox.append(m.DoorCommand(door, m.DoorAction.OPEN, sid, run.robot.id))
+        state = self.doors[door]
+        if state.mode is m.DoorMode.OPEN and state.session_id == sid:
+            self._door_ready(run)
+
+    def _call_lift(self, run: _RobotRun, lift: str, level: str) -> None:
+        sid = self._new_session(run, f"lift:{lift}")
+        run.waiting = _Wait("lift_at", f"lift:{lift}", level, sid)
+        self._outbox.append(m.LiftCommand(lift, m.LiftAction.CALL, sid, run.robot.id, level))
+
+    def _release(self, run: _RobotRun, resource: str) -> None:
+        """Give a door or lift back and start the next robot waiting for it."""
+        sid = run.sessions.pop(resource, "")
+        kind, _, name = resource.partition(":")
+        if sid:
+            if kind == "door":
+                self._outbox.append(m.DoorCommand(name, m.DoorAction.CLOSE, sid, run.robot.id))
+            else:
+                self._outbox.append(m.LiftCommand(name, m.LiftAction.RELEASE, sid, run.robot.id))
+        for holder in self.reservations.release(resource, run.robot.id):
+            self._granted(self.robots[holder], resource)
+
+    def _granted(self, run: _RobotRun, resource: str) -> None:
+        wait = run.waiting
+        if wait is None or wait.resource != resource:
+            return
+        kind, _, name = resource.partition(":")
+        if kind == "door":
+            self._open_door(run, name)
+        else:
+            self._call_lift(run, name, wait.level)
+
+    def _door_ready(self, run: _RobotRun) -> None:
+        step = run.steps[0]
+        self._finish_dispatcher_step(run, step)
+        self._advance(run)
+
+    # ---- infrastructure ------------------------------------------------------------------
+
+    def _controller_hello(self, msg: m.ControllerHello) -> None:
+        for door in msg.door_ids:
+            if door not in self.doors:
+                raise InvalidArgument("door_ids", f"unknown door {door!r}")
+        for lift in msg.lift_ids:
+            if lift not in self.lifts:
+                raise InvalidArgument("lift_ids", f"unknown lift {lift!r}")
+
+    def _door_report(self, msg: m.DoorReport) -> None:
+        state = self.doors.get(msg.door_id)
+        if state is None:
+            raise InvalidArgument("door_id", f"unknown door {msg.door_id!r}")
+        state.mode, state.session_id = msg.mode, msg.session_id
+        if msg.mode is not m.DoorMode.OPEN:
+            return
+        for holder in self.reservations.holders(f"door:{msg.door_id}"):
+            run = self.robots[holder]
+            w = run.waiting
+            if w and w.kind == "door_open" and w.session_id == msg.session_id:
+                self._door_ready(run)
+
+    def _lift_report(self, msg: m.LiftReport) -> None:
+        state = self.lifts.get(msg.lift_id)
+        if state is None:
+            raise InvalidArgument("lift_id", f"unknown lift {msg.lift_id!r}")
+        state.level, state.door, state.mode = msg.level, msg.door, msg.mode
+        state.session_id = msg.session_id
+        if msg.door is not m.LiftDoorState.OPEN:
+            return
+        for holder in self.reservations.holders(f"lift:{msg.lift_id}"):
+            run = self.robots[holder]
+            w = run.waiting
+            if (
+                w
+                and w.kind == "lift_at"
+                and w.session_id == msg.session_id
+                and w.level == msg.level
+            ):
+                step = run.steps[0]
+                self._finish_dispatcher_step(run, step)
+                if step.kind is StepKind.LIFT_RIDE:
+                    run.robot.level = msg.level
+                self._advance(run)
+
+    # ---- faults and time -----------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self.clock.now()
+        for run in self.robots.values():
+            if run.connected and now - run.robot.last_seen > self.config.offline_timeout_s:
+                self._go_offline(run, f"no report for {now - run.robot.last_seen:.0f} s")
+        if now - self._started_at > self.config.reconnect_grace_s:
+            for order in self.orders.values():
+                if order.state is OrderState.PICKED_UP and (order.robot_id not in self.robots):
+                    order.move_to(
+                        OrderState.FAILED,
+                        now,
+                        f"robot {order.robot_id} did not reconnect after a dispatcher restart",
+                    )
+                    self._mark(order)
+
+    def _go_offline(self, run: _RobotRun, why: str) -> None:
+        self._abandon_work(run, f"robot {run.robot.id} went offline ({why})", fail_onboard=True)
+        run.connected = False
+        run.robot.mode = RobotMode.OFFLINE
+        self._log(run, f"offline: {why}", "OFFLINE")
+        self.store.upsert_robot(run.robot)
+
+    def _abandon_work(self, run: _RobotRun, reason: str, fail_onboard: bool) -> None:
+        """Stop a robot's work: its resources go back, its unpicked orders to other robots."""
+        now = self.clock.now()
+        for resource in list(run.sessions):
+            self._release(run, resource)
+        for resource, holder in self.reservations.release_all(run.robot.id):
+            self._granted(self.robots[holder], resource)
+        run.in_flight = None
+        run.waiting = None
+        run.steps.clear()
+        run.current_stop = None
+        run.future = []
+        for order in self.orders.values():
+            if order.robot_id != run.robot.id or order.state.terminal:
+                continue
+            if order.state is OrderState.ASSIGNED:
+                order.move_to(OrderState.PENDING, now, reason)
+                self._mark(order)
+            elif order.state is OrderState.PICKED_UP and fail_onboard:
+                order.move_to(OrderState.FAILED, now, reason + " with the order on board")
+                run.robot.carrying.discard(order.id)
+                self._mark(order)
+        self._request_replan()
+
+    # ---- planning ------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[Snapshot, int]:
+        """What the optimizer needs now, and the epoch it was taken at."""
+        now = self.clock.now()
+        vehicles: list[VehicleState] = []
+        committed: set[str] = set()
+        for run in self.robots.values():
+            r = run.robot
+            if not run.connected or r.mode in (
+                RobotMode.FAULT,
+                RobotMode.OFFLINE,
+                RobotMode.PAUSED,
+            ):
+                continue
+            onboard_ids = set(r.carrying)
+            start, available = r.node, now
+            stop = run.current_stop
+            if stop is not None:
+                start, available = stop.node, max(now, run.stop_departure)
+                committed.update(stop.order_ids)
+                if stop.kind is StopKind.PICKUP:
+                    onboard_ids.update(stop.order_ids)
+                else:
+                    onboard_ids.difference_update(stop.order_ids)
+            onboard = tuple(
+                OnboardTask(
+                    order_id=o.id,
+                    dropoff_node=self.building.station_node(o.dropoff_station),
+                    cargo_class=o.cargo_class,
+                    quantity=o.quantity,
+                    priority=o.priority,
+                    needed_by=o.needed_by,
+                    dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
+                )
+                for o in sorted((self.orders[i] for i in onboard_ids), key=lambda o: o.id)
+            )
+            caps = r.capabilities
+            vehicles.append(
+                VehicleState(
+                    robot_id=r.id,
+                    start_node=start,
+                    available_at=available,
+                    capacity_slots=caps.capacity_slots,
+                    speed_m_s=caps.max_speed_m_s,
+                    cargo_classes=caps.cargo_classes,
+                    flow=caps.flow,
+                    onboard=onboard,
+                )
+            )
+        tasks = tuple(
+            Task(
+                order_id=o.id,
+                pickup_node=self.building.station_node(o.pickup_station),
+                dropoff_node=self.building.station_node(o.dropoff_station),
+                cargo_class=o.cargo_class,
+                quantity=o.quantity,
+                priority=o.priority,
+                created_at=o.created_at,
+                needed_by=o.needed_by,
+                pickup_service_s=self.building.stations[o.pickup_station].service_time_s,
+                dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
+            )
+            for o in self.orders.values()
+            if o.state in (OrderState.PENDING, OrderState.ASSIGNED) and o.id not in committed
+        )
+        vehicles.sort(key=lambda v: v.robot_id)
+        self.replan_requested = False
+        return Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks), self.plan_epoch
+
+    def apply_plan(self, plan: Plan, epoch: int) -> bool:
+        """Install a plan computed from the snapshot taken at `epoch`.
+
+        Refused (False, and a new re-plan requested) when a robot began a new stop since: the
+        plan would start robots from where they no longer are.
+        """
+        if epoch != self.plan_epoch:
+            self._request_replan()
+            return False
+        now = self.clock.now()
+        assignments: list[Assignment] = []
+        planned: set[str] = set()
+        for robot_id, route in plan.routes.items():
+            run = self.robots.get(robot_id)
+            if run is None or not run.connected:
+                continue
+            run.future = list(route.stops)
+            for stop in route.stops:
+                if stop.kind is not StopKind.PICKUP:
+                    continue
+                for oid in stop.order_ids:
+                    order = self.orders[oid]
+                    planned.add(oid)
+                    if order.state is OrderState.PENDING or order.robot_id != robot_id:
+                        order.robot_id = robot_id
+                        order.move_to(OrderState.ASSIGNED, now, f"assigned to {robot_id}")
+                        assignments.append(Assignment(oid, robot_id, now, self.plan_version))
+                        self._mark(order)
+        for oid, eta in plan.eta.items():
+            known = self.orders.get(oid)
+            if known is not None and not known.state.terminal and known.eta != eta:
+                known.eta = eta
+                self._mark(known)
+        for order in self.orders.values():
+            if (
+                order.state is OrderState.ASSIGNED
+                and order.id not in planned
+                and not (self._committed(order))
+            ):
+                order.move_to(OrderState.PENDING, now, "no robot can take it now")
+                self._mark(order)
+        if assignments:
+            self.store.record_assignments(assignments)
+        self.plan_version += 1
+        for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
+            if run.current_stop is None and run.in_flight is None:
+                self._advance(run)
+        self._flush()
+        return True
+
+    def _committed(self, order: Order) -> bool:
+        run = self.robots.get(order.robot_id or "")
+        return bool(run and run.current_stop and order.id in run.current_stop.order_ids)
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def robot_view(self) -> list[Robot]:
+        """Copies of every robot's record, for read-only views and metrics."""
+        return [copy.deepcopy(run.robot) for run in self.robots.values()]
+
+    def held_resources(self) -> dict[str, tuple[str, ...]]:
+        """Resource -> holders, for invariant checks."""
+        out: dict[str, tuple[str, ...]] = {}
+        for run in self.robots.values():
+            for res in self.reservations.held_by(run.robot.id):
+                out[res] = self.reservations.holders(res)
+        return out

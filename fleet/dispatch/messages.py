@@ -1,0 +1,269 @@
+"""Commands and events the dispatcher core handles, and the messages it emits.
+
+The edges (gRPC servicers, the in-process simulator transport) translate protobuf to these and
+back; the core never sees protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fleet.domain.cargo import CargoClass
+from fleet.domain.order import Order
+from fleet.domain.priority import Priority
+from fleet.domain.robot import RobotCapabilities, RobotMode
+from fleet.traffic.steps import Step
+
+# ---- inbound: commands from people and systems -------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateOrder:
+    """A person asks for a delivery."""
+
+    pickup_station: str
+    dropoff_station: str
+    cargo_class: CargoClass | None
+    quantity: int
+    priority: Priority = Priority.ROUTINE
+    needed_by: float | None = None
+    requested_by: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    """A person withdraws an order that is not yet on board."""
+
+    order_id: str
+    reason: str = ""
+
+
+# ---- inbound: events from robots and infrastructure ---------------------------------------
+
+
+@dataclass(frozen=True)
+class RobotHello:
+    """A robot connected (or reconnected) and introduced itself."""
+
+    robot_id: str
+    capabilities: RobotCapabilities
+    node: str
+    carrying: tuple[str, ...] = ()
+    battery_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class RobotStateReport:
+    """A robot's periodic state."""
+
+    robot_id: str
+    level: str
+    x: float
+    y: float
+    node: str
+    battery_percent: float
+    mode: RobotMode
+    errors: tuple[str, ...] = ()
+
+
+class StepOutcome(StrEnum):
+    """What a robot says about a step."""
+
+    STARTED = "STARTED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A robot's progress on a step it was sent."""
+
+    robot_id: str
+    step_id: int
+    outcome: StepOutcome
+    detail: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class RobotDisconnected:
+    """The robot's stream closed."""
+
+    robot_id: str
+
+
+class DoorMode(StrEnum):
+    """A door's physical state as its controller reports it."""
+
+    CLOSED = "CLOSED"
+    OPENING = "OPENING"
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    BLOCKED = "BLOCKED"
+    FAULT = "FAULT"
+    OFFLINE = "OFFLINE"
+
+
+@dataclass(frozen=True)
+class DoorReport:
+    """A door controller reports a door's state."""
+
+    door_id: str
+    mode: DoorMode
+    session_id: str = ""
+
+
+class LiftDoorState(StrEnum):
+    """The car door of a lift."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    MOVING = "MOVING"
+
+
+class LiftMode(StrEnum):
+    """How a lift car is being run."""
+
+    NORMAL = "NORMAL"
+    ROBOT_EXCLUSIVE = "ROBOT_EXCLUSIVE"
+    OUT_OF_SERVICE = "OUT_OF_SERVICE"
+    FIRE_RECALL = "FIRE_RECALL"
+    OFFLINE = "OFFLINE"
+
+
+@dataclass(frozen=True)
+class LiftReport:
+    """A lift controller reports a car's state."""
+
+    lift_id: str
+    level: str
+    door: LiftDoorState
+    mode: LiftMode
+    session_id: str = ""
+    destination: str = ""
+
+
+@dataclass(frozen=True)
+class ControllerHello:
+    """A door/lift controller connected and named its devices."""
+
+    controller_id: str
+    door_ids: tuple[str, ...] = ()
+    lift_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: check timeouts and re-plan if anything asked for it."""
+
+
+Inbound = (
+    CreateOrder
+    | CancelOrder
+    | RobotHello
+    | RobotStateReport
+    | StepReport
+    | RobotDisconnected
+    | DoorReport
+    | LiftReport
+    | ControllerHello
+    | Tick
+)
+
+# ---- outbound --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WelcomeRobot:
+    """Tell a robot it is accepted."""
+
+    robot_id: str
+    map_name: str
+    state_interval_s: float
+
+
+@dataclass(frozen=True)
+class SendStep:
+    """Tell a robot to execute a step."""
+
+    robot_id: str
+    step_id: int
+    step: Step
+    session_id: str = ""
+
+
+class InstantKind(StrEnum):
+    """Instant actions for robots."""
+
+    PAUSE = "PAUSE"
+    RESUME = "RESUME"
+    CANCEL_STEP = "CANCEL_STEP"
+
+
+@dataclass(frozen=True)
+class SendInstantAction:
+    """Tell a robot to act now, outside its steps."""
+
+    robot_id: str
+    action_id: int
+    kind: InstantKind
+    reason: str = ""
+
+
+class DoorAction(StrEnum):
+    """Door requests."""
+
+    OPEN = "OPEN"
+    CLOSE = "CLOSE"
+
+
+@dataclass(frozen=True)
+class DoorCommand:
+    """Ask a door controller to open or close a door for a session."""
+
+    door_id: str
+    action: DoorAction
+    session_id: str
+    robot_id: str
+
+
+class LiftAction(StrEnum):
+    """Lift requests."""
+
+    CALL = "CALL"
+    GO_TO = "GO_TO"
+    RELEASE = "RELEASE"
+
+
+@dataclass(frozen=True)
+class LiftCommand:
+    """Ask a lift controller to call, send or release a car."""
+
+    lift_id: str
+    action: LiftAction
+    session_id: str
+    robot_id: str
+    level: str = ""
+
+
+@dataclass(frozen=True)
+class OrderChanged:
+    """An order changed; watchers are told."""
+
+    order: Order
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One line of the dispatcher's step log: what was done, for whom, when."""
+
+    at: float
+    robot_id: str
+    what: str
+    kind: str
+    order_ids: tuple[str, ...] = field(default=())
+
+
+Outbound = WelcomeRobot | SendStep | SendInstantAction | DoorCommand | LiftCommand | OrderChanged

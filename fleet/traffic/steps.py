@@ -1,0 +1,116 @@
+"""From a route through the building to the steps a robot and the dispatcher carry out.
+
+A lane with a door becomes: open the door (dispatcher), drive through (robot), close it
+(dispatcher). A lift ride becomes: call the car to this level (dispatcher), enter (robot), ride
+to the other level (dispatcher), exit (robot), release the car (dispatcher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fleet.building.graph import LaneLeg, LiftLeg, Route
+
+
+class StepKind(StrEnum):
+    """What a step does: robot-side kinds go to the robot, the dispatcher does the rest."""
+
+    MOVE = "MOVE"
+    DOOR_OPEN = "DOOR_OPEN"
+    DOOR_CLOSE = "DOOR_CLOSE"
+    LIFT_CALL = "LIFT_CALL"
+    LIFT_ENTER = "LIFT_ENTER"
+    LIFT_RIDE = "LIFT_RIDE"
+    LIFT_EXIT = "LIFT_EXIT"
+    LIFT_RELEASE = "LIFT_RELEASE"
+    PICKUP = "PICKUP"
+    DROPOFF = "DROPOFF"
+
+    @property
+    def robot_side(self) -> bool:
+        """True for steps the robot executes and reports on."""
+        return self in _ROBOT_SIDE
+
+
+_ROBOT_SIDE = frozenset(
+    {StepKind.MOVE, StepKind.LIFT_ENTER, StepKind.LIFT_EXIT, StepKind.PICKUP, StepKind.DROPOFF}
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step. Only the fields its kind needs are set."""
+
+    kind: StepKind
+    from_node: str = ""
+    to_node: str = ""
+    distance_m: float = 0.0
+    speed_limit_m_s: float | None = None
+    door: str = ""
+    lift: str = ""
+    level: str = ""
+    to_level: str = ""
+    station: str = ""
+    order_ids: tuple[str, ...] = ()
+    quantity: int = 0
+
+    def describe(self) -> str:
+        """A short human-readable line for logs and the step record."""
+        k = self.kind
+        if k is StepKind.MOVE:
+            via = f" through door {self.door}" if self.door else ""
+            return f"move {self.from_node} -> {self.to_node}{via}"
+        if k in (StepKind.DOOR_OPEN, StepKind.DOOR_CLOSE):
+            return f"{k.value.lower().replace('_', ' ')} {self.door}"
+        if k is StepKind.LIFT_RIDE:
+            return f"ride {self.lift} {self.level} -> {self.to_level}"
+        if k in (StepKind.LIFT_CALL, StepKind.LIFT_ENTER, StepKind.LIFT_EXIT):
+            return f"{k.value.lower().replace('_', ' ')} {self.lift} at {self.level}"
+        if k is StepKind.LIFT_RELEASE:
+            return f"release {self.lift}"
+        return f"{k.value.lower()} {self.station} {','.join(self.order_ids)}"
+
+
+def steps_for_route(route: Route, speed_limits: dict[tuple[str, str], float | None]) -> list[Step]:
+    """The steps that drive `route`. `speed_limits` maps (start, end) of a lane to its limit."""
+    steps: list[Step] = []
+    for leg in route.legs:
+        if isinstance(leg, LaneLeg):
+            move = Step(
+                StepKind.MOVE,
+                from_node=leg.start,
+                to_node=leg.end,
+                distance_m=leg.length_m,
+                speed_limit_m_s=speed_limits.get((leg.start, leg.end)),
+                door=leg.door or "",
+            )
+            if leg.door:
+                steps.append(Step(StepKind.DOOR_OPEN, door=leg.door, from_node=leg.start))
+                steps.append(move)
+                steps.append(Step(StepKind.DOOR_CLOSE, door=leg.door, to_node=leg.end))
+            else:
+                steps.append(move)
+        elif isinstance(leg, LiftLeg):
+            steps.extend(
+                [
+                    Step(
+                        StepKind.LIFT_CALL, lift=leg.lift, level=leg.from_level, from_node=leg.start
+                    ),
+                    Step(
+                        StepKind.LIFT_ENTER,
+                        lift=leg.lift,
+                        level=leg.from_level,
+                        from_node=leg.start,
+                    ),
+                    Step(
+                        StepKind.LIFT_RIDE,
+                        lift=leg.lift,
+                        level=leg.from_level,
+                        to_level=leg.to_level,
+                    ),
+                    Step(StepKind.LIFT_EXIT, lift=leg.lift, level=leg.to_level, to_node=leg.end),
+                    Step(StepKind.LIFT_RELEASE, lift=leg.lift, level=leg.to_level),
+                ]
+            )
+    return steps

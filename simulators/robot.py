@@ -1,0 +1,271 @@
+"""A simulated delivery robot that speaks the real robot protocol (fleet.v1 RobotGateway).
+
+It receives `DispatcherMessage`s and sends `RobotMessage`s, exactly as a vendor's robot does;
+whether those travel over gRPC or an in-process transport is not its business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleet.building.graph import LIFT_TRANSFER_S
+from fleet.building.model import Building
+from fleet.domain.cargo import CargoClass
+from fleet.v1 import common_pb2, robot_pb2
+from simulators.scheduling import Cancellable, Scheduler
+from simulators.world import World
+
+_CARGO_PB = {
+    CargoClass.STERILE: common_pb2.CARGO_CLASS_STERILE,
+    CargoClass.CLEAN: common_pb2.CARGO_CLASS_CLEAN,
+    CargoClass.LINEN: common_pb2.CARGO_CLASS_LINEN,
+    CargoClass.SOILED: common_pb2.CARGO_CLASS_SOILED,
+    CargoClass.WASTE: common_pb2.CARGO_CLASS_WASTE,
+    CargoClass.CONTROLLED_DRUG: common_pb2.CARGO_CLASS_CONTROLLED_DRUG,
+}
+
+# Battery drawn per metre driven, in percent: a full battery lasts about 10 km.
+_DRAIN_PER_M = 0.01
+
+
+@dataclass(frozen=True)
+class RobotSpec:
+    """What a simulated robot is and where it starts."""
+
+    robot_id: str
+    cargo_classes: frozenset[CargoClass]
+    start_node: str
+    capacity_slots: int = 4
+    speed_m_s: float = 1.0
+    vendor: str = "SimRobotics"
+    model: str = "Courier-4"
+
+
+class SimRobot:
+    """Executes step commands with timings from the map and reports progress and state."""
+
+    def __init__(
+        self,
+        spec: RobotSpec,
+        building: Building,
+        world: World,
+        scheduler: Scheduler,
+        send: Callable[[robot_pb2.RobotMessage], None],
+        state_interval_s: float = 10.0,
+    ) -> None:
+        self.spec = spec
+        self.building = building
+        self.world = world
+        self.scheduler = scheduler
+        self._send = send
+        self.state_interval_s = state_interval_s
+        self.node = spec.start_node
+        self.lift: str | None = None
+        self.battery = 100.0
+        self.carrying: list[str] = []
+        self.connected = False
+        self.paused = False
+        self.steps_done = 0
+        self._timer: Cancellable | None = None
+        self._state_timer: Cancellable | None = None
+        self._step: robot_pb2.StepCommand | None = None
+
+    @property
+    def level(self) -> str:
+        """The level it is on (a riding robot is on its car's level)."""
+        if self.lift is not None:
+            return self.world.lifts[self.lift].level
+        return self.building.nodes[self.node].level
+
+    # ---- connection ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Say hello and start reporting state."""
+        self.connected = True
+        self._send(
+            robot_pb2.RobotMessage(
+                hello=robot_pb2.RobotHello(
+                    robot_id=self.spec.robot_id,
+                    vendor=self.spec.vendor,
+                    model=self.spec.model,
+                    cargo_classes=[_CARGO_PB[c] for c in sorted(self.spec.cargo_classes)],
+                    capacity_slots=self.spec.capacity_slots,
+                    max_speed_m_s=self.spec.speed_m_s,
+                    current_node=self.node,
+                    carrying_order_ids=self.carrying,
+                    battery_percent=self.battery,
+                )
+            )
+        )
+        self._schedule_state()
+
+    def disconnect(self) -> None:
+        """Stop talking (a dead radio, a crash): abandon the step, stand where it is."""
+        self.connected = False
+        for timer in (self._timer, self._state_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._state_timer = None
+        self._step = None
+
+    def _schedule_state(self) -> None:
+        self._state_timer = self.scheduler.call_later(self.state_interval_s, self._state_tick)
+
+    def _state_tick(self) -> None:
+        if not self.connected:
+            return
+        self.send_state()
+        self._schedule_state()
+
+    def send_state(self) -> None:
+        """Report pose, battery and mode now."""
+        node = self.building.nodes[self.node]
+        mode = (
+            robot_pb2.ROBOT_MODE_PAUSED
+            if self.paused
+            else robot_pb2.ROBOT_MODE_BUSY
+            if self._step is not None
+            else robot_pb2.ROBOT_MODE_IDLE
+        )
+        self._send(
+            robot_pb2.RobotMessage(
+                state=robot_pb2.RobotState(
+                    robot_id=self.spec.robot_id,
+                    pose=common_pb2.Pose(level=self.level, x=node.x, y=node.y),
+                    last_node=self.node,
+                    battery_percent=self.battery,
+                    mode=mode,
+                )
+            )
+        )
+
+    # ---- commands --------------------------------------------------------------------------
+
+    def receive(self, msg: robot_pb2.DispatcherMessage) -> None:
+        """Handle one message from the dispatcher."""
+        if not self.connected:
+            return
+        kind = msg.WhichOneof("msg")
+        if kind == "welcome":
+            if msg.welcome.state_interval_s > 0:
+                self.state_interval_s = msg.welcome.state_interval_s
+        elif kind == "step":
+            self._start(msg.step)
+        elif kind == "action":
+            self._instant(msg.action)
+
+    def _instant(self, action: robot_pb2.InstantAction) -> None:
+        if action.type == robot_pb2.INSTANT_ACTION_TYPE_PAUSE:
+            self.paused = True
+        elif action.type == robot_pb2.INSTANT_ACTION_TYPE_RESUME:
+            self.paused = False
+        elif action.type == robot_pb2.INSTANT_ACTION_TYPE_CANCEL_STEP and self._timer:
+            self._timer.cancel()
+            self._step = None
+        self.send_state()
+
+    def _progress(self, step_id: int, status: int, detail: str = "") -> None:
+        self._send(
+            robot_pb2.RobotMessage(
+                progress=robot_pb2.StepProgress(
+                    robot_id=self.spec.robot_id,
+                    step_id=step_id,
+                    status=status,  # type: ignore[arg-type]
+                    detail=detail,
+                    node=self.node if self.lift is None else "",
+                )
+            )
+        )
+
+    def _start(self, step: robot_pb2.StepCommand) -> None:
+        if self._step is not None:
+            self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, "busy with another step")
+            return
+        now = self.scheduler.now()
+        kind = step.WhichOneof("kind")
+        duration = 0.0
+        if kind == "move":
+            mv = step.move
+            if mv.from_node != self.node or self.lift is not None:
+                self._progress(
+                    step.step_id,
+                    robot_pb2.STEP_STATUS_FAILED,
+                    f"not at {mv.from_node} (at {self.node})",
+                )
+                return
+            speed = self.spec.speed_m_s
+            if mv.max_speed_m_s > 0:
+                speed = min(speed, mv.max_speed_m_s)
+            duration = mv.distance_m / speed
+            if mv.door_id:
+                self.world.enter_door(now, mv.door_id, self.spec.robot_id)
+        elif kind == "enter_lift":
+            el = step.enter_lift
+            why = self.world.enter_lift(
+                now, el.lift_id, self.spec.robot_id, el.level, el.session_id
+            )
+            if why:
+                self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, why)
+                return
+            self.lift = el.lift_id
+            duration = LIFT_TRANSFER_S
+        elif kind == "exit_lift":
+            if self.lift != step.exit_lift.lift_id:
+                self._progress(
+                    step.step_id,
+                    robot_pb2.STEP_STATUS_FAILED,
+                    f"not in lift {step.exit_lift.lift_id}",
+                )
+                return
+            duration = LIFT_TRANSFER_S
+        elif kind in ("pickup", "dropoff"):
+            station = step.pickup.station if kind == "pickup" else step.dropoff.station
+            duration = self.building.stations[station].service_time_s
+        else:
+            self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, f"unknown step {kind}")
+            return
+        self._step = step
+        self._progress(step.step_id, robot_pb2.STEP_STATUS_STARTED)
+        self._timer = self.scheduler.call_later(duration, self._finish)
+
+    def _finish(self) -> None:
+        step = self._step
+        if step is None or not self.connected:
+            return
+        if self.paused:  # hold position; finish when resumed
+            self._timer = self.scheduler.call_later(1.0, self._finish)
+            return
+        now = self.scheduler.now()
+        kind = step.WhichOneof("kind")
+        if kind == "move":
+            mv = step.move
+            if mv.door_id:
+                self.world.leave_door(now, mv.door_id, self.spec.robot_id)
+            self.world.distance_m += mv.distance_m
+            self.battery = max(0.0, self.battery - mv.distance_m * _DRAIN_PER_M)
+            self.node = mv.to_node
+        elif kind == "enter_lift":
+            pass
+        elif kind == "exit_lift":
+            assert self.lift is not None
+            level = self.world.exit_lift(now, self.lift, self.spec.robot_id)
+            if level != step.exit_lift.level:
+                self.world.violations.append(
+                    f"{now:.0f}: {self.spec.robot_id} left {self.lift} at {level}, "
+                    f"expected {step.exit_lift.level}"
+                )
+            self.lift = None
+            self.node = step.exit_lift.to_node
+        elif kind == "pickup":
+            self.carrying.extend(step.order_ids)
+            self.world.note(now, self.spec.robot_id, f"pickup {','.join(step.order_ids)}")
+        elif kind == "dropoff":
+            for oid in step.order_ids:
+                if oid in self.carrying:
+                    self.carrying.remove(oid)
+            self.world.note(now, self.spec.robot_id, f"dropoff {','.join(step.order_ids)}")
+        self._step = None
+        self._timer = None
+        self.steps_done += 1
+        self._progress(step.step_id, robot_pb2.STEP_STATUS_COMPLETED)

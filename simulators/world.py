@@ -1,0 +1,110 @@
+"""The simulated building's physical truth, kept apart from what the dispatcher believes.
+
+Simulated robots, doors and lifts update it; it counts what an observer in the corridors
+would count: metres driven, lift rides, door passes, and conflicts (more robots in a door
+passage or a lift car than it admits) and safety violations (driving through a door that is
+not open, entering a car that is not there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.building.model import Building
+
+
+@dataclass
+class DoorTruth:
+    """A door as it physically is."""
+
+    open: bool = False
+    occupants: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LiftTruth:
+    """A lift car as it physically is."""
+
+    level: str
+    capacity: int
+    door_open: bool = False
+    session_id: str = ""
+    occupants: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class WorldEvent:
+    """Something an observer saw."""
+
+    at: float
+    actor: str
+    what: str
+
+
+class World:
+    """Physical state and the counters a KPI report needs."""
+
+    def __init__(self, building: Building, record_events: bool = False) -> None:
+        self.building = building
+        self.doors = {name: DoorTruth() for name in building.doors}
+        self.lifts = {
+            name: LiftTruth(level=lift.initial_level or lift.levels[0], capacity=1)
+            for name, lift in building.lifts.items()
+        }
+        self.distance_m = 0.0
+        self.lift_rides = 0
+        self.door_passes = 0
+        self.conflicts = 0
+        self.violations: list[str] = []
+        self.record_events = record_events
+        self.events: list[WorldEvent] = []
+
+    def note(self, at: float, actor: str, what: str) -> None:
+        """Record an observation (only when recording is on: tests and the demo)."""
+        if self.record_events:
+            self.events.append(WorldEvent(at, actor, what))
+
+    def enter_door(self, at: float, door: str, robot: str) -> None:
+        """A robot starts to cross a door."""
+        truth = self.doors[door]
+        if not truth.open:
+            self.violations.append(f"{at:.0f}: {robot} drove into closed door {door}")
+        truth.occupants.add(robot)
+        if len(truth.occupants) > 1:
+            self.conflicts += 1
+        self.note(at, robot, f"pass door {door}")
+
+    def leave_door(self, at: float, door: str, robot: str) -> None:
+        """A robot is through a door."""
+        self.doors[door].occupants.discard(robot)
+        self.door_passes += 1
+
+    def enter_lift(self, at: float, lift: str, robot: str, level: str, session_id: str) -> str:
+        """A robot drives into a car; returns why it may not ('' when it may)."""
+        car = self.lifts[lift]
+        if car.level != level or not car.door_open:
+            why = f"car {lift} is not open at {level}"
+            self.violations.append(f"{at:.0f}: {robot}: {why}")
+            return why
+        if car.session_id != session_id:
+            why = f"car {lift} serves session {car.session_id!r}, not {session_id!r}"
+            self.violations.append(f"{at:.0f}: {robot}: {why}")
+            return why
+        car.occupants.add(robot)
+        if len(car.occupants) > car.capacity:
+            self.conflicts += 1
+        self.note(at, robot, f"enter lift {lift} at {level}")
+        return ""
+
+    def exit_lift(self, at: float, lift: str, robot: str) -> str:
+        """A robot leaves a car; returns the level it is on."""
+        car = self.lifts[lift]
+        if not car.door_open:
+            self.violations.append(f"{at:.0f}: {robot} left {lift} through a closed door")
+        car.occupants.discard(robot)
+        self.note(at, robot, f"exit lift {lift} at {car.level}")
+        return car.level
+
+    def robots_in_lift(self, lift: str) -> set[str]:
+        """Who is in a car now."""
+        return set(self.lifts[lift].occupants)
