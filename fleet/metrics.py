@@ -7,20 +7,20 @@ services can run in one process (tests, the demo). The edges feed it:
   orders and observes the dispatch latency (creation to first ASSIGNED);
 - `observe_solve` is the bus's `on_solved` callback;
 - `refresh(core)` recomputes the gauges from the core's state (cheap; `run_refresher` calls it
-  once a second on the event loop, between two messages the core handles).
+  once a second on the event loop, between two messages the core handles);
+- `serve_metrics` serves the registry on `/metrics` from the event loop itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 from collections import Counter as _Tally
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from fleet.domain.order import Order, OrderState
 from fleet.domain.robot import RobotMode
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 _SOLVE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+_REQUEST_TIMEOUT_S = 10.0
 
 
 class FleetMetrics:
@@ -113,29 +114,79 @@ async def run_refresher(metrics: FleetMetrics, core: FleetCore, interval_s: floa
         await asyncio.sleep(interval_s)
 
 
-@dataclass
 class MetricsEndpoint:
-    """A running `/metrics` HTTP server (a daemon thread of prometheus_client)."""
+    """A running `/metrics` HTTP endpoint on the event loop (no threads).
 
-    server: WSGIServer
-    thread: threading.Thread
+    A deliberately tiny HTTP/1.0-style server: it answers `GET /metrics` (and `GET /`) with the
+    registry in the Prometheus text format (OpenMetrics when the scraper asks for it), anything
+    else with 404 or 405, and closes each connection after the answer.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
         """The port it listens on (the actual one when 0 was asked for)."""
-        return int(self.server.server_address[1])
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the metrics endpoint is not running")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on `host:port` (port 0: any free port)."""
+        self._server = await asyncio.start_server(self._serve, host, port)
 
     async def close(self) -> None:
-        """Stop serving and release the port."""
-        await asyncio.to_thread(self._close)
+        """Stop listening and release the port."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
 
-    def _close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, content_type, body = await asyncio.wait_for(
+                self._answer(reader), _REQUEST_TIMEOUT_S
+            )
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("ascii") + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # a scraper that went away or sent garbage: nothing to answer
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        request = (await reader.readline()).decode("latin-1").split()
+        accept = ""
+        while True:  # headers, up to the blank line
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "accept":
+                accept = value.strip()
+        if len(request) < 2:
+            return "400 Bad Request", "text/plain", b"bad request\n"
+        method, target = request[0], request[1].split("?", 1)[0]
+        if target not in ("/metrics", "/"):
+            return "404 Not Found", "text/plain", b"not found; try /metrics\n"
+        if method != "GET":
+            return "405 Method Not Allowed", "text/plain", b"use GET\n"
+        encoder, content_type = choose_encoder(accept)
+        return "200 OK", content_type, encoder(self._registry)
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    """Serve `registry` as Prometheus text on `http://host:port/metrics` (port 0: any free)."""
-    server, thread = await asyncio.to_thread(start_http_server, port, host, registry)
-    return MetricsEndpoint(server, thread)
+    """Serve `registry` on `http://host:port/metrics` (port 0: any free port) until closed."""
+    endpoint = MetricsEndpoint(registry)
+    await endpoint.start(host, port)
+    return endpoint

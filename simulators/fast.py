@@ -222,9 +222,14 @@ class FastTwin:
         """True when every order the core knows is finished."""
         return all(o.state.terminal for o in self.core.orders.values())
 
-    def run_until(self, t: float, stop_when_done: bool = False) -> None:
-        """Run the twin to simulated time `t`."""
-        self.loop.run_until(t, self.all_done if stop_when_done else None)
+    def run_until(
+        self, t: float, stop_when_done: bool = False, stop: Callable[[], bool] | None = None
+    ) -> None:
+        """Run the twin to simulated time `t`, or until every order is finished
+        (`stop_when_done`), or until `stop()` — called after every event — is true."""
+        if stop is None and stop_when_done:
+            stop = self.all_done
+        self.loop.run_until(t, stop)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -130,13 +130,18 @@ class _Car:
     level: str
     door: int = ipb.LIFT_DOOR_CLOSED
     session: str = ""
-    destination: str = ""
-    busy: bool = False  # doors or cabin moving
+    target: str = ""  # level the session wants the car at, door open; "" when there
+    busy: bool = False  # a door or the cabin is moving
     calls: deque[tuple[str, str]] = field(default_factory=deque)  # (session, level) waiting
 
 
 class SimLiftController:
-    """Runs every lift car: one session at a time, calls queued first come, first served."""
+    """Runs every lift car: one session at a time, calls queued first come, first served.
+
+    Each car is driven by `_pump`: whenever it is not moving, it takes the next step towards
+    what its session wants (close the door, travel, open the door), or closes and serves the
+    next queued call once the session is released.
+    """
 
     def __init__(
         self,
@@ -173,7 +178,7 @@ class SimLiftController:
                 lift_state=ipb.LiftState(
                     lift_id=name,
                     current_level=car.level,
-                    destination_level=car.destination,
+                    destination_level=car.target,
                     door=car.door,  # type: ignore[arg-type]
                     mode=ipb.LIFT_MODE_NORMAL,
                     session_id=car.session,
@@ -198,93 +203,100 @@ class SimLiftController:
                 req.level,
             )
         )
+        mine = car.session == req.session_id and car.session != ""
         if req.action == ipb.LIFT_ACTION_CALL:
-            if car.session == req.session_id:
-                if not car.busy:
-                    self._report(req.lift_id)  # a repeat: confirm, change nothing
-                return
-            if car.session or car.busy:
-                if (req.session_id, req.level) not in car.calls:
+            if mine:
+                car.target = req.level
+            elif car.session:
+                if all(s != req.session_id for s, _ in car.calls):
                     car.calls.append((req.session_id, req.level))
                 return
-            car.session = req.session_id
-            self._travel(req.lift_id, req.level)
+            else:
+                car.session, car.target = req.session_id, req.level
         elif req.action == ipb.LIFT_ACTION_GO_TO:
-            if car.session != req.session_id or car.busy:
+            if not mine:
                 return
-            if car.level == req.level and car.door == ipb.LIFT_DOOR_OPEN:
-                self._report(req.lift_id)
-                return
-            self._travel(req.lift_id, req.level)
+            car.target = req.level
         elif req.action == ipb.LIFT_ACTION_RELEASE:
-            if car.session != req.session_id:
-                if (req.session_id, req.level) in car.calls:
-                    car.calls.remove((req.session_id, req.level))
+            if not mine:
+                car.calls = deque(c for c in car.calls if c[0] != req.session_id)
                 return
-            car.session = ""
-            self._close_then(req.lift_id, self._next_call)
+            car.session, car.target = "", ""
+        if not car.busy and car.target == car.level and car.door == ipb.LIFT_DOOR_OPEN:
+            self._report(req.lift_id)  # already there: confirm (a repeated request changes nothing)
+        self._pump(req.lift_id)
 
-    # The car's motions, as chained timers: close door, travel, open door.
-    def _close_then(self, name: str, then: Callable[[str], None]) -> None:
+    def _pump(self, name: str) -> None:
         car = self.cars[name]
-        spec = self.building.lifts[name]
-        if car.door != ipb.LIFT_DOOR_OPEN:
-            then(name)
+        if car.busy:
             return
+        if not car.session and car.calls:
+            car.session, car.target = car.calls.popleft()
+        spec = self.building.lifts[name]
+        truth = self.world.lifts[name]
+        if car.session and car.target:
+            if car.level == car.target and car.door == ipb.LIFT_DOOR_OPEN:
+                car.target = ""
+                truth.session_id = car.session
+                self._report(name)
+            elif car.door == ipb.LIFT_DOOR_OPEN:
+                self._close(name, spec.door_time_s)
+            elif car.level != car.target:
+                self._travel(name, car.target)
+            else:
+                self._open(name, spec.door_time_s)
+        elif not car.session and car.door == ipb.LIFT_DOOR_OPEN:
+            self._close(name, spec.door_time_s)
+
+    def _after(self, name: str, delay: float, then: Callable[[], None]) -> None:
+        car = self.cars[name]
         car.busy = True
+
+        def done() -> None:
+            car.busy = False
+            then()
+            self._report(name)
+            self._pump(name)
+
+        self.scheduler.call_later(delay, done)
+
+    def _close(self, name: str, door_time_s: float) -> None:
         self.world.lifts[name].door_open = False
 
         def closed() -> None:
-            car.door = ipb.LIFT_DOOR_CLOSED
-            car.busy = False
-            self._report(name)
-            then(name)
+            self.cars[name].door = ipb.LIFT_DOOR_CLOSED
 
-        self.scheduler.call_later(spec.door_time_s, closed)
+        self._after(name, door_time_s, closed)
+
+    def _open(self, name: str, door_time_s: float) -> None:
+        car = self.cars[name]
+        truth = self.world.lifts[name]
+
+        def opened() -> None:
+            car.door = ipb.LIFT_DOOR_OPEN
+            truth.door_open = True
+            truth.session_id = car.session
+
+        self._after(name, door_time_s, opened)
 
     def _travel(self, name: str, level: str) -> None:
         car = self.cars[name]
         spec = self.building.lifts[name]
-        car.destination = level
+        levels = self.building.levels
+        dz = abs(levels[level].elevation - levels[car.level].elevation)
+        car.door = ipb.LIFT_DOOR_MOVING
+        self._report(name)
+        truth = self.world.lifts[name]
 
-        def move(_: str) -> None:
-            elev = self.building.levels
-            dz = abs(elev[level].elevation - elev[car.level].elevation)
-            car.busy = True
-            if dz > 0:
-                car.door = ipb.LIFT_DOOR_MOVING
-                self._report(name)
-            self.scheduler.call_later(dz / spec.speed_m_s, lambda: arrive(dz))
-
-        def arrive(dz: float) -> None:
-            truth = self.world.lifts[name]
-            if dz > 0 and truth.occupants:
+        def arrived() -> None:
+            if truth.occupants:
                 self.world.lift_rides += 1
                 self.world.note(
                     self.scheduler.now(),
                     name,
                     f"ride {car.level} -> {level} with {sorted(truth.occupants)}",
                 )
-            car.level = level
-            truth.level = level
-            self.scheduler.call_later(spec.door_time_s, opened)
+            car.level = truth.level = level
+            car.door = ipb.LIFT_DOOR_CLOSED
 
-        def opened() -> None:
-            car.door = ipb.LIFT_DOOR_OPEN
-            car.destination = ""
-            car.busy = False
-            truth = self.world.lifts[name]
-            truth.door_open = True
-            truth.session_id = car.session
-            self._report(name)
-
-        self._close_then(name, move)
-
-    def _next_call(self, name: str) -> None:
-        car = self.cars[name]
-        self.world.lifts[name].session_id = ""
-        if car.session or not car.calls:
-            return
-        session, level = car.calls.popleft()
-        car.session = session
-        self._travel(name, level)
+        self._after(name, dz / spec.speed_m_s, arrived)

@@ -95,6 +95,7 @@ class SimRobot:
                     current_node=self.node,
                     carrying_order_ids=self.carrying,
                     battery_percent=self.battery,
+                    in_lift=self.lift or "",
                 )
             )
         )

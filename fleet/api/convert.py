@@ -226,6 +226,7 @@ def hello_from_pb(h: robot_pb2.RobotHello) -> m.RobotHello:
         node=h.current_node,
         carrying=tuple(h.carrying_order_ids),
         battery_percent=h.battery_percent,
+        in_lift=h.in_lift,
     )
 
 

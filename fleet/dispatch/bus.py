@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fleet.dispatch import messages as m
 from fleet.dispatch.core import FleetCore
+from fleet.domain.errors import FailedPrecondition
 from fleet.domain.order import Order
 from fleet.planning import Plan, Problem, build_problem
 
@@ -41,25 +42,33 @@ class Router:
 
     def route(self, outs: list[m.Outbound]) -> None:
         """Deliver each message; one with nobody to receive it is counted and dropped (the
-        robot or controller is offline, and the core learns that from timeouts)."""
+        robot or controller is offline, and the core learns that from timeouts). A receiver
+        that raises loses that message only, never the bus."""
         for out in outs:
-            if isinstance(out, m.OrderChanged):
-                for watch in list(self.watchers):
-                    watch(out.order)
-                continue
-            if isinstance(out, m.DoorCommand | m.LiftCommand):
-                device = out.door_id if isinstance(out, m.DoorCommand) else out.lift_id
-                device_sink = self.devices.get(device)
-                if device_sink is None:
-                    self.undelivered += 1
-                else:
-                    device_sink(out)
-                continue
-            robot_sink = self.robots.get(out.robot_id)
-            if robot_sink is None:
+            try:
+                self._route_one(out)
+            except Exception:
+                self.undelivered += 1
+                log.exception("could not deliver %s", type(out).__name__)
+
+    def _route_one(self, out: m.Outbound) -> None:
+        if isinstance(out, m.OrderChanged):
+            for watch in list(self.watchers):
+                watch(out.order)
+            return
+        if isinstance(out, m.DoorCommand | m.LiftCommand):
+            device = out.door_id if isinstance(out, m.DoorCommand) else out.lift_id
+            device_sink = self.devices.get(device)
+            if device_sink is None:
                 self.undelivered += 1
             else:
-                robot_sink(out)
+                device_sink(out)
+            return
+        robot_sink = self.robots.get(out.robot_id)
+        if robot_sink is None:
+            self.undelivered += 1
+        else:
+            robot_sink(out)
 
 
 def replan_now(core: FleetCore, solve: Solve, router: Router) -> Plan:
@@ -69,6 +78,10 @@ def replan_now(core: FleetCore, solve: Solve, router: Router) -> Plan:
     core.apply_plan(plan, epoch)
     router.route(core.drain())
     return plan
+
+
+class DispatcherStopped(FailedPrecondition):
+    """The bus stopped before the message was handled; nothing was changed."""
 
 
 @dataclass
@@ -130,6 +143,11 @@ class AsyncBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # Nobody will handle what is still queued: tell the callers waiting for it.
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Envelope) and item.reply is not None and not item.reply.done():
+                item.reply.set_exception(DispatcherStopped("the dispatcher is shutting down"))
 
     async def _ticker(self) -> None:
         while True:
@@ -139,25 +157,32 @@ class AsyncBus:
     async def _run(self) -> None:
         while True:
             item = await self._queue.get()
-            if isinstance(item, _PlanReady):
-                self._solving = False
-                self.core.apply_plan(item.plan, item.epoch)
-                if self._on_solved is not None:
-                    self._on_solved(item.solve_s)
-            else:
-                try:
-                    result = self.core.handle(item.msg)
-                except Exception as exc:  # domain errors go back to the caller
-                    if item.reply is not None and not item.reply.done():
-                        item.reply.set_exception(exc)
-                    else:
-                        log.warning("rejected %s: %s", type(item.msg).__name__, exc)
+            try:
+                self._process(item)
+            except Exception:
+                # A bug in one message must not stop the dispatcher: log it and go on.
+                log.exception("error while handling %s", type(item).__name__)
+
+    def _process(self, item: _Envelope | _PlanReady) -> None:
+        if isinstance(item, _PlanReady):
+            self._solving = False
+            self.core.apply_plan(item.plan, item.epoch)
+            if self._on_solved is not None:
+                self._on_solved(item.solve_s)
+        else:
+            try:
+                result = self.core.handle(item.msg)
+            except Exception as exc:  # domain errors go back to the caller
+                if item.reply is not None and not item.reply.done():
+                    item.reply.set_exception(exc)
                 else:
-                    if item.reply is not None and not item.reply.done():
-                        item.reply.set_result(result)
-            self.router.route(self.core.drain())
-            if self.core.replan_requested and not self._solving:
-                self._start_solve()
+                    log.warning("rejected %s: %s", type(item.msg).__name__, exc)
+            else:
+                if item.reply is not None and not item.reply.done():
+                    item.reply.set_result(result)
+        self.router.route(self.core.drain())
+        if self.core.replan_requested and not self._solving:
+            self._start_solve()
 
     def _start_solve(self) -> None:
         snapshot, epoch = self.core.snapshot()

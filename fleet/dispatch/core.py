@@ -64,6 +64,7 @@ class _RobotRun:
     future: list[Stop] = field(default_factory=list)
     step_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     sessions: dict[str, str] = field(default_factory=dict)  # resource -> session id held
+    in_lift: str = ""  # the car the robot is in (or entering), "" when on the floor
 
 
 @dataclass
@@ -118,6 +119,10 @@ class FleetCore:
         self._outbox: list[m.Outbound] = []
         self._dirty: dict[str, Order] = {}
         self._sessions = itertools.count(1)
+        # Session ids stay unique across restarts, so a controller never mistakes a new
+        # dispatcher's request for a repeat of an old one.
+        self._boot = f"{int(clock.now()):x}"
+        self._known_robots = {r.id for r in store.load_robots()}
         self._next_order = store.max_order_number() + 1
         self._speed_limits = {
             (lane.start, lane.end): lane.speed_limit_m_s for lane in building.lanes
@@ -276,8 +281,8 @@ class FleetCore:
         return copy.deepcopy(order)
 
     def known_robot(self, robot_id: str) -> bool:
-        """True when a robot with this id has ever said hello."""
-        return robot_id in self.robots
+        """True when a robot with this id has ever said hello (to this or an earlier run)."""
+        return robot_id in self.robots or robot_id in self._known_robots
 
     def _mark(self, order: Order) -> None:
         self._dirty[order.id] = order
@@ -344,10 +349,38 @@ class FleetCore:
                     )
                     self._mark(order)
         self.store.upsert_robot(robot)
+        self._known_robots.add(robot.id)
         self._outbox.append(
             m.WelcomeRobot(msg.robot_id, self.building.name, self.config.state_interval_s)
         )
+        if msg.in_lift:
+            self._recover_from_lift(run, old, msg.in_lift)
+        elif old is not None and old.in_lift:
+            # It was held for this robot, which now says it is out of the car.
+            self._release(old, f"lift:{old.in_lift}")
         self._request_replan()
+
+    def _recover_from_lift(self, run: _RobotRun, old: _RobotRun | None, lift: str) -> None:
+        """A robot says hello from inside a car: bring the car to a floor and let it out first."""
+        if lift not in self.lifts:
+            raise InvalidArgument("in_lift", f"unknown lift {lift!r}")
+        res = f"lift:{lift}"
+        # Keep the session it had; after a dispatcher restart adopt the car's own session,
+        # since the car is serving the robot that stands in it.
+        sid = (old.sessions.get(res) if old else None) or self.lifts[lift].session_id
+        if sid:
+            run.sessions[res] = sid
+        run.in_lift = lift
+        level = self.lifts[lift].level
+        lobby = self.building.lifts[lift].lobbies[level]
+        run.steps = deque(
+            [
+                Step(StepKind.LIFT_CALL, lift=lift, level=level, from_node=lobby),
+                Step(StepKind.LIFT_EXIT, lift=lift, level=level, to_node=lobby),
+                Step(StepKind.LIFT_RELEASE, lift=lift, level=level),
+            ]
+        )
+        self._log(run, f"in {lift} at {level} after reconnecting: exit first", "LIFT_RECOVER")
 
     def _robot_state(self, msg: m.RobotStateReport) -> None:
         run = self._live_robot(msg.robot_id)
@@ -404,6 +437,7 @@ class FleetCore:
             robot.node = step.from_node  # riding: the lobby it left is its last node
         elif step.kind is StepKind.LIFT_EXIT:
             robot.node = step.to_node
+            run.in_lift = ""
         elif step.kind is StepKind.PICKUP:
             for oid in step.order_ids:
                 order = self.orders[oid]
@@ -459,6 +493,8 @@ class FleetCore:
                 step_id = next(run.step_ids)
                 run.in_flight = (step_id, step)
                 session = run.sessions.get(f"lift:{step.lift}", "") if step.lift else ""
+                if step.kind is StepKind.LIFT_ENTER:
+                    run.in_lift = step.lift
                 self._outbox.append(m.SendStep(robot.id, step_id, step, session))
                 return
             self._dispatcher_step(run, step)
@@ -534,7 +570,7 @@ class FleetCore:
         self._request_replan()
 
     def _new_session(self, run: _RobotRun, resource: str) -> str:
-        sid = f"{run.robot.id}/{resource}/{next(self._sessions)}"
+        sid = f"{run.robot.id}/{resource}/{self._boot}-{next(self._sessions)}"
         run.sessions[resource] = sid
         return sid
 
@@ -583,7 +619,7 @@ class FleetCore:
             self._door_ready(run)
 
     def _call_lift(self, run: _RobotRun, lift: str, level: str) -> None:
-        sid = self._new_session(run, f"lift:{lift}")
+        sid = run.sessions.get(f"lift:{lift}") or self._new_session(run, f"lift:{lift}")
         run.waiting = _Wait("lift_at", f"lift:{lift}", level, sid)
         self._outbox.append(m.LiftCommand(lift, m.LiftAction.CALL, sid, run.robot.id, level))
 
@@ -687,9 +723,15 @@ class FleetCore:
     def _abandon_work(self, run: _RobotRun, reason: str, fail_onboard: bool) -> None:
         """Stop a robot's work: its resources go back, its unpicked orders to other robots."""
         now = self.clock.now()
+        kept = f"lift:{run.in_lift}" if run.in_lift else ""
         for resource in list(run.sessions):
-            self._release(run, resource)
-        for resource, holder in self.reservations.release_all(run.robot.id):
+            if resource != kept:
+                self._release(run, resource)
+        if kept:
+            # A robot that stops inside a car blocks it: nobody else is sent in until it
+            # reconnects and is brought out, or an operator clears the car.
+            self._log(run, f"stopped inside {run.in_lift}: car held", "LIFT_BLOCKED")
+        for resource, holder in self.reservations.release_all(run.robot.id, keep=kept):
             self._granted(self.robots[holder], resource)
         run.in_flight = None
         run.waiting = None

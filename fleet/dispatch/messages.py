@@ -52,6 +52,7 @@ class RobotHello:
     node: str
     carrying: tuple[str, ...] = ()
     battery_percent: float = 100.0
+    in_lift: str = ""
 
 
 @dataclass(frozen=True)

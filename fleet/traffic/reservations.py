@@ -52,11 +52,12 @@ class Reservations:
             granted.append(nxt)
         return granted
 
-    def release_all(self, holder: str) -> list[tuple[str, str]]:
-        """Release everything `holder` holds or waits for; returns (resource, new holder) grants."""
+    def release_all(self, holder: str, keep: str = "") -> list[tuple[str, str]]:
+        """Release everything `holder` holds or waits for except `keep`; returns the
+        (resource, new holder) grants that follow."""
         grants: list[tuple[str, str]] = []
         for name, r in self._res.items():
-            if holder in r.holders or holder in r.queue:
+            if name != keep and (holder in r.holders or holder in r.queue):
                 grants.extend((name, g) for g in self.release(name, holder))
         return grants
 

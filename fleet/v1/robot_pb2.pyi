@@ -172,6 +172,7 @@ class RobotHello(_message.Message):
     CURRENT_NODE_FIELD_NUMBER: _builtins.int
     CARRYING_ORDER_IDS_FIELD_NUMBER: _builtins.int
     BATTERY_PERCENT_FIELD_NUMBER: _builtins.int
+    IN_LIFT_FIELD_NUMBER: _builtins.int
     robot_id: _builtins.str
     """Unique robot id within the hospital, e.g. "AMR-07". Required."""
     vendor: _builtins.str
@@ -186,6 +187,10 @@ class RobotHello(_message.Message):
     """Map node where it stands now. Required, must exist in the map."""
     battery_percent: _builtins.float
     """Battery state of charge, 0..100."""
+    in_lift: _builtins.str
+    """Lift car the robot stands in (it reconnected mid-ride); empty when it is not in a lift.
+    The dispatcher then brings the car to a level and tells the robot to exit first.
+    """
     @_builtins.property
     def cargo_classes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CargoClass.ValueType]:
         """Cargo classes it may carry; all clean-flow or all dirty-flow. At least one."""
@@ -206,10 +211,11 @@ class RobotHello(_message.Message):
         current_node: _builtins.str = ...,
         carrying_order_ids: _abc.Iterable[_builtins.str] | None = ...,
         battery_percent: _builtins.float = ...,
+        in_lift: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "capacity_slots", b"capacity_slots", "cargo_classes", b"cargo_classes", "carrying_order_ids", b"carrying_order_ids", "current_node", b"current_node", "max_speed_m_s", b"max_speed_m_s", "model", b"model", "robot_id", b"robot_id", "vendor", b"vendor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "capacity_slots", b"capacity_slots", "cargo_classes", b"cargo_classes", "carrying_order_ids", b"carrying_order_ids", "current_node", b"current_node", "in_lift", b"in_lift", "max_speed_m_s", b"max_speed_m_s", "model", b"model", "robot_id", b"robot_id", "vendor", b"vendor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,86 @@
+"""The gRPC server: the fleet services, health checking and reflection on one port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from fleet.api.servicers import (
+    InfrastructureGatewayServicer,
+    OrderServicer,
+    RobotGatewayServicer,
+)
+from fleet.config import Settings
+from fleet.dispatch.bus import AsyncBus
+from fleet.dispatch.core import FleetCore
+from fleet.v1 import (
+    infrastructure_pb2,
+    infrastructure_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
+    robot_pb2,
+    robot_pb2_grpc,
+)
+
+SERVICE_NAMES: tuple[str, ...] = (
+    orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
+    robot_pb2.DESCRIPTOR.services_by_name["RobotGateway"].full_name,
+    infrastructure_pb2.DESCRIPTOR.services_by_name["InfrastructureGateway"].full_name,
+)
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass
+class GrpcServer:
+    """A built (not yet started) server, the port it is bound to and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (not in the stubs)
+
+    async def start(self) -> None:
+        """Start serving and report SERVING for the server and each fleet service."""
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, then stop; open calls get `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(bus: AsyncBus, core: FleetCore, settings: Settings) -> GrpcServer:
+    """A server with the fleet servicers, health and reflection, bound insecurely to
+    `settings.host:settings.grpc_port` (port 0: any free port; `GrpcServer.port` is the real
+    one). Raises RuntimeError when the address cannot be bound."""
+    server = grpc.aio.server()
+    orders_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(bus, core), server)
+    robot_pb2_grpc.add_RobotGatewayServicer_to_server(RobotGatewayServicer(bus, core), server)
+    infrastructure_pb2_grpc.add_InfrastructureGatewayServicer_to_server(
+        InfrastructureGatewayServicer(bus, core), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = _address(settings.host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return GrpcServer(server, port, health)
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # a bare IPv6 address
+        host = f"[{host}]"
+    return f"{host}:{port}"

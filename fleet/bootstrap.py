@@ -1,0 +1,202 @@
+"""Assembles the service from a `Settings` object: the one place where the parts meet.
+
+`Service.start()` loads the building, opens the store, builds the clock, the dispatcher core and
+its bus (with a one-process worker pool for the optimizer), then starts the gRPC server and the
+metrics endpoint. `stop()` takes them down in reverse order and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+from fleet.api.server import GrpcServer, build_server
+from fleet.building.graph import BuildingGraph
+from fleet.building.loader import load_building
+from fleet.clock import Clock, ScaledClock, SystemClock
+from fleet.config import METRICS_OFF, Settings
+from fleet.dispatch.bus import AsyncBus
+from fleet.dispatch.core import CoreConfig, FleetCore
+from fleet.dispatch.ports import FleetStore
+from fleet.metrics import FleetMetrics, MetricsEndpoint, run_refresher, serve_metrics
+from fleet.planning import solve
+from fleet.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def make_clock(settings: Settings) -> Clock:
+    """The wall clock, or a ScaledClock when the time scale is not 1."""
+    if settings.time_scale == 1.0:
+        return SystemClock()
+    return ScaledClock(settings.time_scale)
+
+
+def make_solver_pool() -> ProcessPoolExecutor:
+    """A one-worker process pool for the optimizer.
+
+    Never forked from this process (gRPC threads are running): forkserver where the platform
+    has it, with the planner preloaded so a new worker starts at once, spawn elsewhere.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        forkserver = multiprocessing.get_context("forkserver")
+        forkserver.set_forkserver_preload(["fleet.planning"])
+        return ProcessPoolExecutor(max_workers=1, mp_context=forkserver)
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+class Service:
+    """The running orchestrator: store, core, bus, gRPC server and metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._started = False
+        self._store: FleetStore | None = None
+        self._core: FleetCore | None = None
+        self._bus: AsyncBus | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._grpc: GrpcServer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.metrics = FleetMetrics()
+
+    # ---- what tests and the command line look at ----------------------------------------------
+
+    @property
+    def core(self) -> FleetCore:
+        """The dispatcher core (read it only on the service's event loop)."""
+        if self._core is None:
+            raise RuntimeError("the service is not started")
+        return self._core
+
+    @property
+    def bus(self) -> AsyncBus:
+        """The bus that owns the core."""
+        if self._bus is None:
+            raise RuntimeError("the service is not started")
+        return self._bus
+
+    @property
+    def grpc_port(self) -> int:
+        """The port the gRPC server listens on."""
+        if self._grpc is None:
+            raise RuntimeError("the service is not started")
+        return self._grpc.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of `/metrics`, or None when metrics are off."""
+        return self._metrics_endpoint.port if self._metrics_endpoint is not None else None
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build everything from the settings and start serving.
+
+        Raises (after undoing what was started) for a bad map (`MapError`), a bad database URL
+        (ValueError), an unreachable database or a port that cannot be bound.
+        """
+        if self._started:
+            raise RuntimeError("the service is already started")
+        self._started = True
+        s = self.settings
+        try:
+            core = await asyncio.to_thread(self._build_core)
+            self._pool = make_solver_pool()
+            self._bus = AsyncBus(
+                core,
+                functools.partial(solve, time_limit_s=s.solve_time_limit_s),
+                executor=self._pool,
+                tick_interval_s=s.tick_interval_s,
+                on_solved=self.metrics.observe_solve,
+            )
+            self._bus.router.watchers.append(self.metrics.on_order_changed)
+            self._bus.start()
+            self._grpc = build_server(self._bus, core, s)
+            await self._grpc.start()
+            self.metrics.refresh(core)
+            self._refresher = asyncio.create_task(
+                run_refresher(self.metrics, core), name="fleet-metrics"
+            )
+            if s.metrics_port != METRICS_OFF:
+                self._metrics_endpoint = await serve_metrics(
+                    self.metrics.registry, s.host, s.metrics_port
+                )
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info(
+            "serving %s on %s:%d (metrics: %s)",
+            core.building.name,
+            s.host,
+            self.grpc_port,
+            self.metrics_port if self.metrics_port is not None else "off",
+        )
+
+    def _build_core(self) -> FleetCore:
+        s = self.settings
+        building = load_building(s.map_path)
+        graph = BuildingGraph(building)
+        store = open_store(s.database_url)
+        self._store = store
+        self._core = FleetCore(
+            building,
+            graph,
+            store,
+            make_clock(s),
+            CoreConfig(offline_timeout_s=s.offline_timeout_s),
+        )
+        return self._core
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving (open calls get `grace` seconds, default from the settings), stop the
+        core and the optimizer worker, close the store. Safe to call more than once."""
+        if grace is None:
+            grace = self.settings.shutdown_grace_s
+        if self._grpc is not None:
+            grpc_server, self._grpc = self._grpc, None
+            await grpc_server.stop(grace)
+        if self._bus is not None:
+            await self._bus.stop()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        if self._metrics_endpoint is not None:
+            endpoint, self._metrics_endpoint = self._metrics_endpoint, None
+            await endpoint.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
+    async def run_forever(self, on_started: Callable[[Service], None] | None = None) -> None:
+        """Start, call `on_started(self)`, serve until SIGINT or SIGTERM, then stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # e.g. Windows: KeyboardInterrupt
+                pass
+        try:
+            await self.start()
+            if on_started is not None:
+                on_started(self)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()

@@ -1,0 +1,170 @@
+"""The `fleet` command line.
+
+    fleet serve [--map M] [--db URL] [--port P] [--metrics-port P] [--time-scale F] ...
+    fleet map check FILE
+    fleet simulate --map M [--robots N] [--hours H] ...   (simulators.fast)
+    fleet demo [--map M] [--robots N] [--duration-s S] ...  (simulators.demo)
+
+Nothing here runs at import time; `main` builds the settings from flags and `FLEET_*`
+variables and hands them to `fleet.bootstrap`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from fleet.config import Settings, add_serve_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `fleet` command."""
+    parser = argparse.ArgumentParser(prog="fleet", description="Hospital robot-fleet orchestrator.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the dispatcher (gRPC and /metrics) until interrupted",
+        description="Run the dispatcher. Flags override FLEET_* environment variables.",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    map_cmd = commands.add_parser("map", help="building map tools")
+    map_commands = map_cmd.add_subparsers(dest="map_command", metavar="ACTION", required=True)
+    check = map_commands.add_parser("check", help="validate a building map file")
+    check.add_argument("file", metavar="FILE", help="the map (YAML)")
+    check.set_defaults(handler=_map_check)
+
+    # ---- simulate: the fast digital twin (simulators.fast.main, written by the lead) ----
+    simulate = commands.add_parser(
+        "simulate", help="run the digital twin in virtual time and report KPIs"
+    )
+    simulate.add_argument("--map", required=True, metavar="FILE", help="building map (YAML)")
+    simulate.add_argument("--robots", type=int, default=10, metavar="N", help="robots (10)")
+    simulate.add_argument(
+        "--hours", type=float, default=8.0, metavar="H", help="simulated hours (8)"
+    )
+    simulate.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (1)")
+    simulate.add_argument(
+        "--db", default=None, metavar="URL", help="database URL (default: no database)"
+    )
+    simulate.add_argument("--json", action="store_true", help="print the report as JSON")
+    simulate.add_argument(
+        "--dispatcher", default="optimizer", metavar="NAME", help="dispatcher to use (optimizer)"
+    )
+    simulate.add_argument(
+        "--workload", default="standard", metavar="NAME", help="workload generator (standard)"
+    )
+    simulate.set_defaults(handler=_delegate("simulators.fast"))
+
+    # ---- demo: the live demo (simulators.demo.main, written by the lead) ----
+    demo = commands.add_parser(
+        "demo", help="run the dispatcher with simulated robots over gRPC, faster than real time"
+    )
+    demo.add_argument(
+        "--map",
+        default="maps/demo_hospital.yaml",
+        metavar="FILE",
+        help="building map (maps/demo_hospital.yaml)",
+    )
+    demo.add_argument("--robots", type=int, default=6, metavar="N", help="robots (6)")
+    demo.add_argument(
+        "--duration-s", type=float, default=60.0, metavar="S", help="wall-clock seconds to run (60)"
+    )
+    demo.add_argument(
+        "--time-scale",
+        type=float,
+        default=20.0,
+        metavar="F",
+        help="simulated seconds per wall-clock second (20)",
+    )
+    demo.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="database URL (default: a SQLite file in a new temporary directory)",
+    )
+    demo.set_defaults(handler=_delegate("simulators.demo", temp_db=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `fleet` command with `argv` (default: sys.argv[1:]); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    handler = cast(Callable[[argparse.Namespace], int], args.handler)
+    return handler(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env_and_args(args, os.environ)
+    except ValueError as exc:
+        print(f"fleet serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level_number,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from fleet.bootstrap import Service  # the service's dependencies only when serving
+    from fleet.building.loader import MapError
+
+    def started(service: Service) -> None:
+        metrics = service.metrics_port
+        print(
+            f"fleet: gRPC on {settings.host}:{service.grpc_port}, metrics "
+            + (f"on http://{settings.host}:{metrics}/metrics" if metrics is not None else "off"),
+            flush=True,
+        )
+
+    try:
+        asyncio.run(Service(settings).run_forever(started))
+    except MapError as exc:
+        print(f"fleet serve: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"fleet serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _map_check(args: argparse.Namespace) -> int:
+    from fleet.building.loader import check_map
+
+    code, lines = check_map(args.file)
+    for line in lines:
+        print(line)
+    return code
+
+
+def _delegate(module: str, temp_db: bool = False) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports `module` only when its subcommand runs and calls its `main`."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            target = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                print(f"fleet {args.command}: {module} is not available", file=sys.stderr)
+                return 2
+            raise
+        if temp_db and args.db is None:
+            directory = tempfile.mkdtemp(prefix="fleet-demo-")
+            args.db = f"sqlite:///{os.path.join(directory, 'fleet.db')}"
+        entry = cast(Callable[[argparse.Namespace], int], target.main)
+        return entry(args)
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
