@@ -79,6 +79,8 @@ class SimDoorController:
             return
         now = self.scheduler.now()
         spec = self.building.doors[req.door_id]
+        action = "open" if req.action == ipb.DOOR_ACTION_OPEN else "close"
+        self.world.note(now, req.door_id, f"{action} requested by {req.robot_id}")
         if req.action == ipb.DOOR_ACTION_OPEN:
             self.requests.append((now, req.door_id, "open", req.session_id))
             if req.session_id not in door.sessions:
@@ -203,6 +205,12 @@ class SimLiftController:
                 req.level,
             )
         )
+        self.world.note(
+            self.scheduler.now(),
+            req.lift_id,
+            f"{ipb.LiftAction.Name(req.action).removeprefix('LIFT_ACTION_')} {req.level} "
+            f"requested by {req.robot_id}",
+        )
         mine = car.session == req.session_id and car.session != ""
         if req.action == ipb.LIFT_ACTION_CALL:
             if mine:
@@ -276,6 +284,7 @@ class SimLiftController:
             car.door = ipb.LIFT_DOOR_OPEN
             truth.door_open = True
             truth.session_id = car.session
+            self.world.note(self.scheduler.now(), name, f"open at {car.level}")
 
         self._after(name, door_time_s, opened)
 
