@@ -34,30 +34,31 @@ class Flowline:
     quantity: tuple[int, int]
 
 
+# About 48 orders an hour in all: a busy surgical day for ten robots.
 STANDARD: tuple[Flowline, ...] = (
     Flowline(
-        6.0,
+        18.0,
         (StationKind.WAREHOUSE_PORT,),
         (StationKind.OR,),
         (CargoClass.STERILE, CargoClass.CLEAN),
         (1, 3),
     ),
     Flowline(
-        3.0,
+        9.0,
         (StationKind.WAREHOUSE_PORT,),
         (StationKind.WARD,),
         (CargoClass.CLEAN, CargoClass.LINEN),
         (1, 3),
     ),
-    Flowline(2.0, (StationKind.STERILE_CORE,), (StationKind.OR,), (CargoClass.STERILE,), (1, 2)),
+    Flowline(6.0, (StationKind.STERILE_CORE,), (StationKind.OR,), (CargoClass.STERILE,), (1, 2)),
     Flowline(
-        1.0, (StationKind.WAREHOUSE_PORT,), (StationKind.DISPENSER,), (CargoClass.LINEN,), (2, 4)
+        3.0, (StationKind.WAREHOUSE_PORT,), (StationKind.DISPENSER,), (CargoClass.LINEN,), (2, 4)
     ),
     Flowline(
-        1.5, (StationKind.PHARMACY,), (StationKind.OR,), (CargoClass.CONTROLLED_DRUG,), (1, 1)
+        4.5, (StationKind.PHARMACY,), (StationKind.OR,), (CargoClass.CONTROLLED_DRUG,), (1, 1)
     ),
     Flowline(
-        2.5,
+        7.5,
         (StationKind.SOILED_UTILITY,),
         (StationKind.WASTE,),
         (CargoClass.WASTE, CargoClass.SOILED),
