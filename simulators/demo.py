@@ -32,10 +32,10 @@ from simulators.report import delivery_paths
 from simulators.workload import TimedOrder, standard_workload
 
 # Orders are placed during this share of the run; the rest lets robots finish them.
-PLACING_SHARE = 0.5
+PLACING_SHARE = 0.55
 # How many times busier than the standard day the demo hospital is (a short demo must show
 # a fair number of deliveries).
-BUSY_FACTOR = 4.0
+BUSY_FACTOR = 1.2
 
 
 def _clock_str(t: float) -> str:

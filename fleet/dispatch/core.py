@@ -450,6 +450,8 @@ class FleetCore:
                 order.move_to(OrderState.DELIVERED, now, f"delivered by {robot.id}")
                 robot.carrying.discard(oid)
                 self._mark(order)
+            # A finished task frees capacity and time: the rest of the plan may improve.
+            self._request_replan()
         if node and node in self.building.nodes:
             robot.node = node
         robot.level = self.building.nodes[robot.node].level
