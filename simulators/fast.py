@@ -116,6 +116,8 @@ class FastTwin:
         self.world = World(building, record_events=record_events)
         self.graph = BuildingGraph(building)
         self.store = store or InMemoryStore()
+        # The KPI report reads every order of the run from memory: keep finished ones.
+        config = config or CoreConfig(finished_retention_s=None)
         self.core = FleetCore(building, self.graph, self.store, self.clock, config)
         self.router = Router()
         self.solver = solver or functools.partial(solve, time_limit_s=solve_time_limit_s, seed=seed)

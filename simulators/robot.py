@@ -9,21 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleet.api import convert
 from fleet.building.graph import LIFT_TRANSFER_S
 from fleet.building.model import Building
 from fleet.domain.cargo import CargoClass
 from fleet.v1 import common_pb2, robot_pb2
 from simulators.scheduling import Cancellable, Scheduler
 from simulators.world import World
-
-_CARGO_PB = {
-    CargoClass.STERILE: common_pb2.CARGO_CLASS_STERILE,
-    CargoClass.CLEAN: common_pb2.CARGO_CLASS_CLEAN,
-    CargoClass.LINEN: common_pb2.CARGO_CLASS_LINEN,
-    CargoClass.SOILED: common_pb2.CARGO_CLASS_SOILED,
-    CargoClass.WASTE: common_pb2.CARGO_CLASS_WASTE,
-    CargoClass.CONTROLLED_DRUG: common_pb2.CARGO_CLASS_CONTROLLED_DRUG,
-}
 
 # Battery drawn per metre driven, in percent: a full battery lasts about 10 km.
 _DRAIN_PER_M = 0.01
@@ -89,7 +81,7 @@ class SimRobot:
                     robot_id=self.spec.robot_id,
                     vendor=self.spec.vendor,
                     model=self.spec.model,
-                    cargo_classes=[_CARGO_PB[c] for c in sorted(self.spec.cargo_classes)],
+                    cargo_classes=[convert.CARGO_TO_PB[c] for c in sorted(self.spec.cargo_classes)],
                     capacity_slots=self.spec.capacity_slots,
                     max_speed_m_s=self.spec.speed_m_s,
                     current_node=self.node,

@@ -38,6 +38,9 @@ class CoreConfig:
     max_quantity: int = 100
     # Orders on board a robot that never reconnects after a restart fail after this long.
     reconnect_grace_s: float = 120.0
+    # Finished orders leave memory this long after they finish (the store keeps them; reads
+    # fall back to it). None keeps them all, as the digital twin does for its KPI report.
+    finished_retention_s: float | None = 3600.0
 
 
 @dataclass
@@ -116,6 +119,7 @@ class FleetCore:
         self.plan_version = 0  # counts applied plans
         self.replan_requested = False
         self._started_at = clock.now()
+        self._grace_over = False
         self._outbox: list[m.Outbound] = []
         self._dirty: dict[str, Order] = {}
         self._sessions = itertools.count(1)
@@ -705,7 +709,8 @@ class FleetCore:
         for run in self.robots.values():
             if run.connected and now - run.robot.last_seen > self.config.offline_timeout_s:
                 self._go_offline(run, f"no report for {now - run.robot.last_seen:.0f} s")
-        if now - self._started_at > self.config.reconnect_grace_s:
+        if not self._grace_over and now - self._started_at > self.config.reconnect_grace_s:
+            self._grace_over = True
             for order in self.orders.values():
                 if order.state is OrderState.PICKED_UP and (order.robot_id not in self.robots):
                     order.move_to(
@@ -714,6 +719,23 @@ class FleetCore:
                         f"robot {order.robot_id} did not reconnect after a dispatcher restart",
                     )
                     self._mark(order)
+        self._evict_finished(now)
+
+    def _evict_finished(self, now: float) -> None:
+        """Drop long-finished orders from memory, so a service running for months stays small."""
+        keep = self.config.finished_retention_s
+        if keep is None:
+            return
+        old = [
+            oid
+            for oid, o in self.orders.items()
+            if o.state.terminal
+            and o.history
+            and o.history[-1].at < now - keep
+            and oid not in self._dirty
+        ]
+        for oid in old:
+            del self.orders[oid]
 
     def _go_offline(self, run: _RobotRun, why: str) -> None:
         self._abandon_work(run, f"robot {run.robot.id} went offline ({why})", fail_onboard=True)

@@ -192,3 +192,21 @@ def test_unknown_order_id_is_not_found(demo_building: Building) -> None:
         t.core.get_order("ORD-000123")
     with pytest.raises(InvalidArgument):
         t.core.get_order("")
+
+
+def test_finished_orders_leave_memory_but_stay_readable(demo_building: Building) -> None:
+    from fleet.dispatch.core import CoreConfig
+    from simulators.fast import FastTwin
+
+    t = FastTwin(
+        demo_building, [clean_robot("AMR-01")], config=CoreConfig(finished_retention_s=60.0)
+    )
+    t.start()
+    created = t.handle(order("WH-PORT-1", "OR-01"))
+    assert created is not None
+    t.run_until(t.clock.now() + 3600, stop_when_done=True)
+    assert t.core.orders[created.id].state is OrderState.DELIVERED
+    t.run_until(t.clock.now() + 120)
+    assert created.id not in t.core.orders
+    again = t.core.get_order(created.id)  # from the store
+    assert again.state is OrderState.DELIVERED and again.history[-1].state is OrderState.DELIVERED
