@@ -782,67 +782,75 @@ class FleetCore:
         vehicles: list[VehicleState] = []
         committed: set[str] = set()
         for run in self.robots.values():
-            r = run.robot
-            if not run.connected or r.mode in (
-                RobotMode.FAULT,
-                RobotMode.OFFLINE,
-                RobotMode.PAUSED,
-            ):
+            vehicle = self._vehicle(run, now)
+            if vehicle is None:
                 continue
-            onboard_ids = set(r.carrying)
-            start, available = r.node, now
-            stop = run.current_stop
-            if stop is not None:
-                start, available = stop.node, max(now, run.stop_departure)
-                committed.update(stop.order_ids)
-                if stop.kind is StopKind.PICKUP:
-                    onboard_ids.update(stop.order_ids)
-                else:
-                    onboard_ids.difference_update(stop.order_ids)
-            onboard = tuple(
-                OnboardTask(
-                    order_id=o.id,
-                    dropoff_node=self.building.station_node(o.dropoff_station),
-                    cargo_class=o.cargo_class,
-                    quantity=o.quantity,
-                    priority=o.priority,
-                    needed_by=o.needed_by,
-                    dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
-                )
-                for o in sorted((self.orders[i] for i in onboard_ids), key=lambda o: o.id)
-            )
-            caps = r.capabilities
-            vehicles.append(
-                VehicleState(
-                    robot_id=r.id,
-                    start_node=start,
-                    available_at=available,
-                    capacity_slots=caps.capacity_slots,
-                    speed_m_s=caps.max_speed_m_s,
-                    cargo_classes=caps.cargo_classes,
-                    flow=caps.flow,
-                    onboard=onboard,
-                )
-            )
+            vehicles.append(vehicle)
+            if run.current_stop is not None:
+                committed.update(run.current_stop.order_ids)
         tasks = tuple(
-            Task(
-                order_id=o.id,
-                pickup_node=self.building.station_node(o.pickup_station),
-                dropoff_node=self.building.station_node(o.dropoff_station),
-                cargo_class=o.cargo_class,
-                quantity=o.quantity,
-                priority=o.priority,
-                created_at=o.created_at,
-                needed_by=o.needed_by,
-                pickup_service_s=self.building.stations[o.pickup_station].service_time_s,
-                dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
-            )
+            self._task(o)
             for o in self.orders.values()
             if o.state in (OrderState.PENDING, OrderState.ASSIGNED) and o.id not in committed
         )
         vehicles.sort(key=lambda v: v.robot_id)
         self.replan_requested = False
         return Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks), self.plan_epoch
+
+    def _vehicle(self, run: _RobotRun, now: float) -> VehicleState | None:
+        """A robot as the planner sees it: where and when it is free after its committed stop,
+        and what it will carry then. None for a robot that cannot take work."""
+        r = run.robot
+        if not run.connected or r.mode in (RobotMode.FAULT, RobotMode.OFFLINE, RobotMode.PAUSED):
+            return None
+        onboard_ids = set(r.carrying)
+        start, available = r.node, now
+        stop = run.current_stop
+        if stop is not None:
+            start, available = stop.node, max(now, run.stop_departure)
+            if stop.kind is StopKind.PICKUP:
+                onboard_ids.update(stop.order_ids)
+            else:
+                onboard_ids.difference_update(stop.order_ids)
+        onboard = tuple(
+            OnboardTask(
+                order_id=o.id,
+                dropoff_node=self.building.station_node(o.dropoff_station),
+                cargo_class=o.cargo_class,
+                quantity=o.quantity,
+                priority=o.priority,
+                needed_by=o.needed_by,
+                dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
+            )
+            for o in sorted((self.orders[i] for i in onboard_ids), key=lambda o: o.id)
+        )
+        caps = r.capabilities
+        return VehicleState(
+            robot_id=r.id,
+            start_node=start,
+            available_at=available,
+            capacity_slots=caps.capacity_slots,
+            speed_m_s=caps.max_speed_m_s,
+            cargo_classes=caps.cargo_classes,
+            flow=caps.flow,
+            onboard=onboard,
+        )
+
+    def _task(self, o: Order) -> Task:
+        """An order not yet on board, as the planner sees it."""
+        stations = self.building.stations
+        return Task(
+            order_id=o.id,
+            pickup_node=stations[o.pickup_station].node,
+            dropoff_node=stations[o.dropoff_station].node,
+            cargo_class=o.cargo_class,
+            quantity=o.quantity,
+            priority=o.priority,
+            created_at=o.created_at,
+            needed_by=o.needed_by,
+            pickup_service_s=stations[o.pickup_station].service_time_s,
+            dropoff_service_s=stations[o.dropoff_station].service_time_s,
+        )
 
     def apply_plan(self, plan: Plan, epoch: int) -> bool:
         """Install a plan computed from the snapshot taken at `epoch`.
