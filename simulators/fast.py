@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from fleet.dispatch.ports import FleetStore, InMemoryStore
 from fleet.domain.cargo import CargoClass
 from fleet.domain.errors import DomainError
 from fleet.domain.order import Order, OrderState
+from fleet.domain.priority import Priority
 from fleet.planning import Plan, Problem, solve
 from fleet.v1 import infrastructure_pb2, robot_pb2
 from simulators.infrastructure import SimDoorController, SimLiftController
@@ -250,6 +252,11 @@ def kpi_report(twin: FastTwin, wall_seconds: float, sim_start: float) -> dict[st
     failed = [o for o in orders if o.state is OrderState.FAILED]
     on_time = [o.on_time for o in delivered if o.on_time is not None]
     leads = [o.delivered_at - o.created_at for o in delivered if o.delivered_at is not None]
+    by_priority: dict[str, float] = {}
+    for prio in Priority:
+        flags = [o.on_time for o in delivered if o.priority is prio and o.on_time is not None]
+        if flags:
+            by_priority[prio.value] = round(sum(flags) / len(flags), 4)
     reasons: dict[str, int] = {}
     for o in failed:
         key = o.failure_reason.split(" (")[0]
@@ -263,6 +270,7 @@ def kpi_report(twin: FastTwin, wall_seconds: float, sim_start: float) -> dict[st
         "orders_rejected": len(twin.rejected),
         "failure_reasons": dict(sorted(reasons.items())),
         "on_time_rate": round(sum(on_time) / len(on_time), 4) if on_time else 1.0,
+        "on_time_rate_by_priority": by_priority,
         "lead_time_p50_s": round(_percentile(leads, 0.5), 1),
         "lead_time_p95_s": round(_percentile(leads, 0.95), 1),
         "robot_distance_m": round(twin.world.distance_m, 1),
@@ -276,6 +284,47 @@ def kpi_report(twin: FastTwin, wall_seconds: float, sim_start: float) -> dict[st
     }
 
 
+DISPATCHER_NAMES = ("optimizer", "greedy-earliest-finish", "nearest-idle")
+
+
+def dispatcher(name: str, time_limit_s: float, seed: int) -> Callable[[Problem], Plan]:
+    """The planning function called `name`: our optimizer or one of the peers' baselines.
+
+    Raises ValueError naming the choices for an unknown name.
+    """
+    if name == "optimizer":
+        return functools.partial(solve, time_limit_s=time_limit_s, seed=seed)
+    if name in ("greedy-earliest-finish", "nearest-idle"):
+        from fleet.planning import baselines
+
+        fn = (
+            baselines.greedy_earliest_finish
+            if name == "greedy-earliest-finish"
+            else baselines.nearest_idle
+        )
+        return functools.partial(fn, time_limit_s=time_limit_s, seed=seed)
+    raise ValueError(
+        f"--dispatcher: unknown dispatcher {name!r}; choose from " + ", ".join(DISPATCHER_NAMES)
+    )
+
+
+def workload(
+    name: str, building: Building, start: float, hours: float, seed: int, robots: int
+) -> list[TimedOrder]:
+    """The orders of workload `name`; ValueError naming the choices for an unknown name."""
+    if name == "standard":
+        return standard_workload(building, start, hours, seed, scale=max(1.0, robots / 10))
+    from simulators import workload as workloads
+
+    known: dict[str, Callable[..., list[TimedOrder]]] = getattr(workloads, "WORKLOADS", {})
+    if name not in known:
+        raise ValueError(
+            f"--workload: unknown workload {name!r}; choose from "
+            + ", ".join(sorted({"standard", *known}))
+        )
+    return known[name](building, start, hours, seed)
+
+
 def run_simulation(
     building: Building,
     robots: int,
@@ -284,9 +333,11 @@ def run_simulation(
     store: FleetStore | None = None,
     solve_time_limit_s: float = 10.0,
     record_events: bool = False,
+    dispatcher_name: str = "optimizer",
+    workload_name: str = "standard",
 ) -> SimulationResult:
-    """Run `hours` of the standard workload with `robots` robots; then let robots finish the
-    orders still open (up to DRAIN_S) and fail, with a reason, whatever is left."""
+    """Run `hours` of a workload with `robots` robots; then let robots finish the orders still
+    open (up to DRAIN_S) and fail, with a reason, whatever is left."""
     wall0 = time.perf_counter()
     twin = FastTwin(
         building,
@@ -295,10 +346,12 @@ def run_simulation(
         seed=seed,
         solve_time_limit_s=solve_time_limit_s,
         record_events=record_events,
+        solver=dispatcher(dispatcher_name, solve_time_limit_s, seed),
     )
     start = twin.clock.now()
+    orders = workload(workload_name, building, start, hours, seed, robots)
     twin.start()
-    for timed in standard_workload(building, start, hours, seed, scale=max(1.0, robots / 10)):
+    for timed in orders:
         twin.place(timed)
     end = start + hours * 3600.0
     twin.run_until(end)
@@ -333,13 +386,27 @@ def main(args: argparse.Namespace) -> int:
     except MapError as exc:
         print(exc)
         return 1
+    try:
+        dispatcher(args.dispatcher, 1.0, args.seed)
+        workload(args.workload, building, SIM_EPOCH, 0.0, args.seed, args.robots)
+    except ValueError as exc:
+        print(f"fleet simulate: {exc}", file=sys.stderr)
+        return 2
     store: FleetStore | None = None
     if args.db:
         from fleet.store import open_store
 
         store = open_store(args.db)
     try:
-        result = run_simulation(building, args.robots, args.hours, args.seed, store)
+        result = run_simulation(
+            building,
+            args.robots,
+            args.hours,
+            args.seed,
+            store,
+            dispatcher_name=args.dispatcher,
+            workload_name=args.workload,
+        )
     finally:
         if store is not None:
             store.close()

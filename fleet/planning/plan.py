@@ -31,10 +31,16 @@ class Stop:
 
 @dataclass(frozen=True)
 class RoutePlan:
-    """The stops one robot should make, in order (empty: nothing to do)."""
+    """The stops one robot should make, in order (empty: nothing to do).
+
+    `end_arrival`: for a robot with a closed route (`VehicleState.end_node`), the estimated
+    arrival (absolute seconds) back at its end node; None for an open route (and in the
+    fallback plan made without the solver).
+    """
 
     robot_id: str
     stops: tuple[Stop, ...]
+    end_arrival: float | None = None
 
     @property
     def order_ids(self) -> tuple[str, ...]:

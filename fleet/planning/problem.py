@@ -19,6 +19,25 @@ The cargo rules decided here, once, for every (task, vehicle) pair:
 
 Everything else (capacity over time, controlled drugs travelling alone, time, lateness) is modelled
 by the solver.
+
+Options beyond the hospital's defaults (all off by default, so the dispatcher's problem is
+unchanged) let the very same model serve the public benchmarks (Li & Lim PDPTW, Solomon VRPTW):
+
+- hard time windows on a task's pickup and drop-off (`Task.pickup_earliest` ... `dropoff_latest`,
+  absolute seconds); a task whose window has already closed (or is empty) gets no allowed vehicle;
+- tasks loaded at the start (`Task.loaded_at_start`: a depot delivery with no pickup stop, as in
+  VRPTW); only robots starting at its pickup node may serve one;
+- closed routes: `VehicleState.end_node` (and its window `end_earliest`/`end_latest`) makes the
+  robot return there; the default `None` keeps open routes;
+- `VehicleState.fixed_cost`: a cost for using the vehicle at all (minimise vehicles first);
+- `build_problem(..., distance=...)`: the arc cost becomes a distance (scaled by `distance_scale`
+  to integers) instead of the travel time; the time dimension still uses `travel`;
+- `time_resolution_s`: the solver's integer time step (default 1 s; the benchmarks use 1e-4 so
+  that double-precision travel times are kept), and `horizon_s`: the capacity of the time
+  dimension;
+- `search`: a `SearchConfig` (first-solution strategy, OR-Tools parameters, the route-elimination
+  phase that minimises the number of vehicles before the distance); `ROUTE_ELIMINATION_SEARCH`
+  is the one the Li & Lim benchmark runs.
 """
 
 from __future__ import annotations
@@ -32,6 +51,9 @@ from fleet.domain.priority import Priority
 
 TravelTime = Callable[[str, str, Flow, float], float]
 """(from_node, to_node, flow, speed_m_s) -> seconds; `math.inf` when `to_node` is unreachable."""
+
+Distance = Callable[[str, str, Flow], float]
+"""(from_node, to_node, flow) -> distance (any unit, e.g. metres); the arc cost when given."""
 
 HORIZON_S = 48 * 3600
 """The planning horizon in seconds after `Snapshot.now`; the capacity of the time dimension."""
@@ -59,10 +81,131 @@ Only GREEDY_DESCENT stops by itself at a local optimum, so only it gives the sam
 same problem whatever the machine's speed; the others run until the time limit.
 """
 
+FIRST_SOLUTION_STRATEGIES = frozenset(
+    {
+        "AUTOMATIC",
+        "PATH_CHEAPEST_ARC",
+        "PATH_MOST_CONSTRAINED_ARC",
+        "SAVINGS",
+        "PARALLEL_SAVINGS",
+        "SWEEP",
+        "CHRISTOFIDES",
+        "BEST_INSERTION",
+        "PARALLEL_CHEAPEST_INSERTION",
+        "SEQUENTIAL_CHEAPEST_INSERTION",
+        "LOCAL_CHEAPEST_INSERTION",
+        "LOCAL_CHEAPEST_COST_INSERTION",
+        "GLOBAL_CHEAPEST_ARC",
+        "LOCAL_CHEAPEST_ARC",
+        "FIRST_UNBOUND_MIN_VALUE",
+    }
+)
+"""OR-Tools first-solution strategies a `SearchConfig` may name."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How `solve` searches; the defaults are the dispatcher's (deterministic greedy descent).
+
+    - `first_solution`: an OR-Tools first-solution strategy (see `FIRST_SOLUTION_STRATEGIES`).
+    - `solution_limit`: stop after this many improving solutions (None: no limit).
+    - `guided_local_search_lambda`: GLS penalty weight (None: OR-Tools' default, 0.1).
+    - `use_full_propagation`: full constraint propagation during the first solution.
+    - `operators`: (name, on/off) pairs for fields of OR-Tools' `local_search_operators`, e.g.
+      `(("use_inactive_lns", True),)`.
+    - `lns_time_limit_s`: time limit of each LNS sub-search (None: OR-Tools' default, 0.1 s).
+    - `neighbors_ratio`, `min_neighbors`: let the local search operators only consider each
+      node's nearest neighbours (a "granular" neighbourhood; OR-Tools' `ls_operator_*`; None:
+      all nodes). Fewer moves per step; on Li & Lim it found worse routes (BENCHMARKS.md).
+    - `route_elimination`: first minimise the number of vehicles used (try again with one route
+      fewer, starting from the current solution minus its smallest route, and keep the result
+      if it serves every task the previous solution served), then minimise the cost with the
+      time that remains. Only vehicles without anything on board are ever removed.
+    - `initial_share`: with route elimination, the share of the time limit spent on a first
+      search (`Problem.metaheuristic`, fixed costs left out) before eliminating routes; 0: only
+      a first solution with the fixed costs, improved by greedy descent.
+    - `elimination_share`: the share of the time limit by which route elimination stops
+      (counted from the start, so it includes `initial_share`).
+    - `elimination_attempt_s`: the time limit of one elimination attempt.
+    - `elimination_metaheuristic`: the local search of the elimination attempts (the cost phase
+      uses `Problem.metaheuristic`).
+    """
+
+    first_solution: str = "PARALLEL_CHEAPEST_INSERTION"
+    solution_limit: int | None = None
+    guided_local_search_lambda: float | None = None
+    use_full_propagation: bool = False
+    operators: tuple[tuple[str, bool], ...] = ()
+    lns_time_limit_s: float | None = None
+    neighbors_ratio: float | None = None
+    min_neighbors: int | None = None
+    route_elimination: bool = False
+    initial_share: float = 0.0
+    elimination_share: float = 0.5
+    elimination_attempt_s: float = 1.0
+    elimination_metaheuristic: str = "GUIDED_LOCAL_SEARCH"
+
+    def __post_init__(self) -> None:
+        if self.first_solution not in FIRST_SOLUTION_STRATEGIES:
+            raise ValueError(
+                f"search.first_solution: unknown {self.first_solution!r}, expected one of "
+                + ", ".join(sorted(FIRST_SOLUTION_STRATEGIES))
+            )
+        if self.solution_limit is not None and self.solution_limit < 1:
+            raise ValueError("search.solution_limit: must be >= 1")
+        if self.neighbors_ratio is not None and not 0.0 < self.neighbors_ratio <= 1.0:
+            raise ValueError("search.neighbors_ratio: must be within (0, 1]")
+        if self.min_neighbors is not None and self.min_neighbors < 1:
+            raise ValueError("search.min_neighbors: must be >= 1")
+        if not 0.0 <= self.initial_share <= self.elimination_share:
+            raise ValueError("search.initial_share: must be within [0, elimination_share]")
+        if not 0.0 <= self.elimination_share <= 1.0:
+            raise ValueError("search.elimination_share: must be within [0, 1]")
+        if self.elimination_metaheuristic not in METAHEURISTICS:
+            raise ValueError(
+                f"search.elimination_metaheuristic: unknown {self.elimination_metaheuristic!r}"
+            )
+        if not self.elimination_attempt_s > 0:
+            raise ValueError("search.elimination_attempt_s: must be > 0")
+
+
+SINGLE_NODE_MOVES_OFF: tuple[tuple[str, bool], ...] = (
+    ("use_exchange", False),
+    ("use_cross", False),
+    ("use_relocate", False),
+    ("use_lin_kernighan", False),
+    ("use_make_inactive", False),
+    ("use_make_chain_inactive", False),
+    ("use_swap_active", False),
+    ("use_shortest_path_swap_active", False),
+    ("use_swap_active_chain", False),
+)
+"""`SearchConfig.operators` switching off the OR-Tools operators that move, swap or deactivate
+single nodes. Without loaded-at-start tasks (with them, do not use this) every node of this model
+is half of a pickup-and-delivery pair or an onboard delivery fixed to its robot, so such moves
+between routes are never feasible: they only cost time (Li & Lim lrc101: ~150,000 neighbours,
+~0.1 s, per local-search step, nearly all rejected). Pair, sub-trip, or-opt, 2-opt and insertion
+operators stay on (or-opt and 2-opt still move single nodes within a route)."""
+
+ROUTE_ELIMINATION_SEARCH = SearchConfig(
+    route_elimination=True,
+    initial_share=0.2,
+    elimination_share=0.7,
+    elimination_attempt_s=2.0,
+    operators=SINGLE_NODE_MOVES_OFF,
+)
+"""Fewest vehicles first, then the least cost: the search the public benchmarks run (with
+`metaheuristic="TABU_SEARCH"`; see BENCHMARKS.md for what was measured). 20 % of the time limit
+for a first search of the cost alone, route elimination until 70 %, the rest for the cost with
+the vehicles left. Not deterministic (it runs until the time limit)."""
+
 
 @dataclass(frozen=True)
 class Task:
-    """An order not yet picked up: one pickup and one drop-off, on the same robot, in that order."""
+    """An order not yet picked up: one pickup and one drop-off, on the same robot, in that order.
+
+    (With `loaded_at_start`, only the drop-off is a stop: the robot leaves its start with it.)
+    """
 
     order_id: str
     pickup_node: str
@@ -74,6 +217,17 @@ class Task:
     needed_by: float | None
     pickup_service_s: float
     dropoff_service_s: float
+    pickup_earliest: float | None = None
+    pickup_latest: float | None = None
+    dropoff_earliest: float | None = None
+    dropoff_latest: float | None = None
+    """Hard time windows (absolute seconds) on the start of the pickup and of the drop-off service;
+    None: no bound. Waiting for the earliest time is allowed. `needed_by` stays a soft bound."""
+    loaded_at_start: bool = False
+    """The goods wait at `pickup_node` and are loaded before the robot leaves it: only robots
+    starting there may serve the task, which has no pickup stop (a depot delivery, as in VRPTW;
+    the pickup window and service time are ignored). The robot's start load is what it has on
+    board plus the loaded-at-start tasks its route delivers."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +249,10 @@ class VehicleState:
 
     `available_at` is the absolute time (seconds, same clock as `Snapshot.now`) at which the robot
     is free at `start_node`; a time in the past means "now".
+
+    `end_node`: None (the default) leaves the route open (it ends at the last drop-off); a node
+    makes the robot return there, arriving within [`end_earliest`, `end_latest`] (absolute
+    seconds, None: no bound). `fixed_cost` is added to the objective when the robot is used.
     """
 
     robot_id: str
@@ -105,6 +263,10 @@ class VehicleState:
     cargo_classes: frozenset[CargoClass]
     flow: Flow
     onboard: tuple[OnboardTask, ...] = ()
+    end_node: str | None = None
+    end_earliest: float | None = None
+    end_latest: float | None = None
+    fixed_cost: int = 0
 
     @property
     def onboard_load(self) -> int:
@@ -148,6 +310,15 @@ class Problem:
       `vehicle_class[v]` is the class of `vehicles[v]`.
     - `metaheuristic` names the OR-Tools local search (see `METAHEURISTICS`); switch it with
       `dataclasses.replace(problem, metaheuristic="GUIDED_LOCAL_SEARCH")`.
+    - `time_resolution_s`: the length of one integer time unit in `travel_s` and in the solver
+      (1 s by default; `travel_s` then holds whole seconds). `horizon_s` is the capacity of the
+      time dimension after `now`; `unreachable` (10 x the horizon, in time units) stands for
+      "cannot get there" (`UNREACHABLE` at the defaults).
+    - `distance`: when not None, `distance[c][i][j]` (integer, the distance x `distance_scale`)
+      is the arc cost instead of the travel time, per travel class like `travel_s`.
+    - `span_cost`: cost per time unit of the fleet's makespan (None: the solver's default,
+      `GLOBAL_SPAN_COST`); lateness costs are per time unit too.
+    - `search`: see `SearchConfig`.
     """
 
     now: float
@@ -158,6 +329,11 @@ class Problem:
     travel_s: tuple[tuple[tuple[int, ...], ...], ...]
     vehicle_class: tuple[int, ...]
     metaheuristic: str = "GREEDY_DESCENT"
+    time_resolution_s: float = 1.0
+    horizon_s: float = HORIZON_S
+    distance: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    span_cost: int | None = None
+    search: SearchConfig = SearchConfig()
 
     def __post_init__(self) -> None:
         if self.metaheuristic not in METAHEURISTICS:
@@ -169,6 +345,26 @@ class Problem:
             raise ValueError("allowed_vehicles: one entry per task expected")
         if len(self.vehicle_class) != len(self.vehicles):
             raise ValueError("vehicle_class: one entry per vehicle expected")
+        if not (self.time_resolution_s > 0 and math.isfinite(self.time_resolution_s)):
+            raise ValueError("time_resolution_s: must be finite and > 0")
+        if not (self.horizon_s > 0 and math.isfinite(self.horizon_s)):
+            raise ValueError("horizon_s: must be finite and > 0")
+        if self.distance is not None and len(self.distance) != len(self.travel_s):
+            raise ValueError("distance: one matrix per travel class expected")
+
+    @property
+    def horizon(self) -> int:
+        """The horizon in time units."""
+        return seconds_up(self.horizon_s / self.time_resolution_s)
+
+    @property
+    def unreachable(self) -> int:
+        """Integer travel time (in time units) standing for 'cannot get there'."""
+        return 10 * self.horizon
+
+    def units(self, seconds: float) -> int:
+        """A duration in whole time units, rounded up (see `seconds_up`)."""
+        return seconds_up(seconds / self.time_resolution_s)
 
     def location_index(self) -> dict[str, int]:
         """Building node name -> row/column in the travel matrices."""
@@ -180,13 +376,36 @@ def seconds_up(value: float) -> int:
     return max(0, math.ceil(value - 1e-9))
 
 
-def build_problem(snapshot: Snapshot, travel: TravelTime) -> Problem:
+def build_problem(
+    snapshot: Snapshot,
+    travel: TravelTime,
+    distance: Distance | None = None,
+    *,
+    distance_scale: float = 1.0,
+    time_resolution_s: float = 1.0,
+    horizon_s: float = HORIZON_S,
+    span_cost: int | None = None,
+    metaheuristic: str = "GREEDY_DESCENT",
+    search: SearchConfig | None = None,
+) -> Problem:
     """Check the snapshot, compute the travel matrices and decide who may serve which task.
 
+    The keyword options are described on `Problem` (their defaults give the dispatcher's problem:
+    open routes, travel time as the cost, 1 s resolution, greedy descent).
+
     Raises ValueError naming the offending field for inconsistent input (duplicate ids,
-    non-positive quantities or speeds, negative service times).
+    non-positive quantities or speeds, negative service times, inverted windows, a non-positive
+    distance scale or time resolution).
     """
     _validate(snapshot)
+    if not (distance_scale > 0 and math.isfinite(distance_scale)):
+        raise ValueError("distance_scale: must be finite and > 0")
+    if not (time_resolution_s > 0 and math.isfinite(time_resolution_s)):
+        raise ValueError("time_resolution_s: must be finite and > 0")
+    if not (horizon_s > 0 and math.isfinite(horizon_s)):
+        raise ValueError("horizon_s: must be finite and > 0")
+    horizon = seconds_up(horizon_s / time_resolution_s)
+    unreachable = 10 * horizon
     vehicles = snapshot.vehicles
 
     locations = _distinct_locations(snapshot)
@@ -197,7 +416,17 @@ def build_problem(snapshot: Snapshot, travel: TravelTime) -> Problem:
         if key not in classes:
             classes.append(key)
         vehicle_class.append(classes.index(key))
-    travel_s = tuple(_matrix(locations, flow, speed, travel) for flow, speed in classes)
+    travel_s = tuple(
+        _matrix(locations, flow, speed, travel, time_resolution_s, unreachable)
+        for flow, speed in classes
+    )
+    costs = (
+        None
+        if distance is None
+        else tuple(
+            _distance_matrix(locations, flow, distance, distance_scale) for flow, _ in classes
+        )
+    )
 
     where = {name: i for i, name in enumerate(locations)}
     allowed: list[tuple[int, ...]] = []
@@ -208,11 +437,12 @@ def build_problem(snapshot: Snapshot, travel: TravelTime) -> Problem:
             matrix = travel_s[vehicle_class[vi]]
             if (
                 _may_carry(v, task.cargo_class, task.quantity)
-                and matrix[where[v.start_node]][pickup] < UNREACHABLE
-                and matrix[pickup][dropoff] < UNREACHABLE
+                and (not task.loaded_at_start or v.start_node == task.pickup_node)
+                and matrix[where[v.start_node]][pickup] < unreachable
+                and matrix[pickup][dropoff] < unreachable
             ):
                 ok.append(vi)
-        allowed.append(tuple(ok))
+        allowed.append(tuple(ok) if _windows_open(task, snapshot.now) else ())
 
     return Problem(
         now=snapshot.now,
@@ -222,6 +452,26 @@ def build_problem(snapshot: Snapshot, travel: TravelTime) -> Problem:
         locations=locations,
         travel_s=travel_s,
         vehicle_class=tuple(vehicle_class),
+        metaheuristic=metaheuristic,
+        time_resolution_s=time_resolution_s,
+        horizon_s=horizon_s,
+        distance=costs,
+        span_cost=span_cost,
+        search=search if search is not None else SearchConfig(),
+    )
+
+
+def _windows_open(task: Task, now: float) -> bool:
+    """False when a hard window has already closed (latest < now) or cannot be met in order."""
+    pickup_latest = None if task.loaded_at_start else task.pickup_latest
+    for latest in (pickup_latest, task.dropoff_latest):
+        if latest is not None and latest < now:
+            return False
+    return (
+        task.loaded_at_start
+        or task.pickup_earliest is None
+        or task.dropoff_latest is None
+        or task.dropoff_latest >= task.pickup_earliest
     )
 
 
@@ -245,11 +495,19 @@ def _distinct_locations(snapshot: Snapshot) -> tuple[str, ...]:
     for t in snapshot.tasks:
         seen.setdefault(t.pickup_node)
         seen.setdefault(t.dropoff_node)
+    for v in snapshot.vehicles:
+        if v.end_node is not None:
+            seen.setdefault(v.end_node)
     return tuple(seen)
 
 
 def _matrix(
-    locations: tuple[str, ...], flow: Flow, speed: float, travel: TravelTime
+    locations: tuple[str, ...],
+    flow: Flow,
+    speed: float,
+    travel: TravelTime,
+    resolution: float,
+    unreachable: int,
 ) -> tuple[tuple[int, ...], ...]:
     rows: list[tuple[int, ...]] = []
     for a in locations:
@@ -261,7 +519,23 @@ def _matrix(
             seconds = travel(a, b, flow, speed)
             if math.isnan(seconds) or seconds < 0:
                 raise ValueError(f"travel({a!r}, {b!r}, {flow}, {speed}) returned {seconds}")
-            row.append(UNREACHABLE if seconds >= UNREACHABLE else seconds_up(seconds))
+            units = seconds / resolution
+            row.append(unreachable if units >= unreachable else seconds_up(units))
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def _distance_matrix(
+    locations: tuple[str, ...], flow: Flow, distance: Distance, scale: float
+) -> tuple[tuple[int, ...], ...]:
+    rows: list[tuple[int, ...]] = []
+    for a in locations:
+        row: list[int] = []
+        for b in locations:
+            d = 0.0 if a == b else distance(a, b, flow)
+            if not (d >= 0 and math.isfinite(d)):
+                raise ValueError(f"distance({a!r}, {b!r}, {flow}) returned {d}")
+            row.append(round(d * scale))
         rows.append(tuple(row))
     return tuple(rows)
 
@@ -281,12 +555,26 @@ def _validate(snapshot: Snapshot) -> None:
         if any(not (s >= 0 and math.isfinite(s)) for s in service):
             raise ValueError(f"{field}: service times must be finite and >= 0 for {order_id!r}")
 
+    def check_window(field: str, earliest: float | None, latest: float | None) -> None:
+        for value in (earliest, latest):
+            if value is not None and math.isnan(value):
+                raise ValueError(f"{field}: window bound is NaN")
+        if earliest is not None and latest is not None and latest < earliest:
+            raise ValueError(f"{field}: latest {latest} is before earliest {earliest}")
+
     for v in snapshot.vehicles:
         if not (v.speed_m_s > 0 and math.isfinite(v.speed_m_s)):
             raise ValueError(f"vehicles.speed_m_s: must be > 0 for {v.robot_id!r}")
+        if v.fixed_cost < 0:
+            raise ValueError(f"vehicles.fixed_cost: must be >= 0 for {v.robot_id!r}")
+        check_window(f"vehicles.end_latest of {v.robot_id!r}", v.end_earliest, v.end_latest)
         if v.capacity_slots < 0:
             raise ValueError(f"vehicles.capacity_slots: must be >= 0 for {v.robot_id!r}")
         for o in v.onboard:
             check_order("vehicles.onboard", o.order_id, o.quantity, (o.dropoff_service_s,))
     for t in snapshot.tasks:
         check_order("tasks", t.order_id, t.quantity, (t.pickup_service_s, t.dropoff_service_s))
+        check_window(f"tasks.pickup_latest of {t.order_id!r}", t.pickup_earliest, t.pickup_latest)
+        check_window(
+            f"tasks.dropoff_latest of {t.order_id!r}", t.dropoff_earliest, t.dropoff_latest
+        )

@@ -1,20 +1,25 @@
-"""Solve a `Problem` with OR-Tools routing: a pickup-and-delivery problem with open routes.
+"""Solve a `Problem` with OR-Tools routing: a pickup-and-delivery problem with time windows.
 
 Model (see `solve` for the search):
 
 - Nodes: one start per vehicle (at its start node), one shared dummy end depot, a pickup and a
-  delivery node per task someone may serve, and a delivery node per onboard order. Routes are
-  open: every arc into the end depot costs 0 and takes 0 time.
-- Arc cost and the "time" transit are the same vehicle-specific integer matrix (one per travel
-  class, i.e. per distinct flow and speed): service time at the from-node + travel time.
-  Unreachable arcs carry `UNREACHABLE`, which exceeds the time horizon, so no feasible route uses
-  them; vehicles that cannot reach a task at all were already left out of its allowed vehicles,
-  which restrict the domain of the task nodes' vehicle variables. (`SetAllowedVehiclesForIndex`
-  is not used: its SWIG wrapper in OR-Tools 9.15 rejects every Python sequence for its
-  `absl::Span<const int>` argument.)
-- "time": seconds after `problem.now`, capacity 48 h, waiting (slack) allowed, each start cumul
-  fixed at when the vehicle is free. `needed_by` becomes a soft upper bound on the delivery's
-  cumul, costing `LATENESS_COST_PER_S[priority]` per second late.
+  delivery node per task someone may serve, a delivery node per onboard order, and an end node
+  per vehicle with a closed route (`VehicleState.end_node`). Open routes (the default) end at the
+  dummy depot: every arc into it costs 0 and takes 0 time.
+- The "time" transit is a vehicle-specific integer matrix (one per travel class, i.e. per
+  distinct flow and speed): service time at the from-node + travel time, in time units of
+  `problem.time_resolution_s` (1 s by default). The arc cost is the same matrix, or the distance
+  matrix when the problem has one (benchmarks minimise distance), plus `fixed_cost` for a used
+  vehicle. Unreachable arcs carry `problem.unreachable`, which exceeds the time horizon, so no
+  feasible route uses them; vehicles that cannot reach a task at all were already left out of
+  its allowed vehicles, which restrict the domain of the task nodes' vehicle variables.
+  (`SetAllowedVehiclesForIndex` is not used: its SWIG wrapper in OR-Tools 9.15 rejects every
+  Python sequence for its `absl::Span<const int>` argument.)
+- "time": time units after `problem.now`, capacity the horizon (48 h by default), waiting (slack)
+  allowed, each start cumul fixed at when the vehicle is free. Hard windows (`Task.pickup_earliest`
+  ... `dropoff_latest`, a closed route's end window) restrict the node's cumul; `needed_by`
+  becomes a soft upper bound on the delivery's cumul, costing `LATENESS_COST_PER_S[priority]` per
+  time unit late.
 - "slots": capacity in slots; the start cumul is fixed at the onboard load, pickups add the
   quantity and deliveries remove it.
 - "cd_mix" (only when controlled drugs are involved): a controlled drug weighs `M` and any other
@@ -24,29 +29,46 @@ Model (see `solve` for the search):
 - Clean/dirty hygiene needs no dimension: a task is only allowed on vehicles of its own flow, and
   vehicles whose load already mixes flows take no new task (see `fleet.planning.problem`).
 - Pickup and delivery: `AddPickupAndDelivery`, same vehicle, pickup cumul <= delivery cumul.
+  A task loaded at the start (`Task.loaded_at_start`) has only its delivery node; then the load
+  dimensions' start cumuls are free (at least what is on board) and their end cumuls 0, so a
+  robot starts with exactly what it has on board plus what its route delivers.
 - Dropping: a disjunction on each pickup and delivery node with `DROP_PENALTY[priority]`, far above
   any travel or lateness cost, so the solver serves everything it can and, when it cannot, drops
   ROUTINE before URGENT before STAT. Onboard deliveries are mandatory and fixed to their vehicle.
-- Objective: travel seconds + lateness + drop penalties + `GLOBAL_SPAN_COST` x (the time the last
-  robot finishes - the earliest start). Without the span term, travel alone happily chains many
-  orders on one robot while others idle, which delays every order without a `needed_by`. Measured
-  on random 10-robot/30-task problems, the span term roughly halved the latest delivery and cut
-  the mean delivery time by 5-25 % for about the same travel, at twice the (still sub-second)
-  solve time.
+- Objective: travel (time or distance) + fixed costs + lateness + drop penalties + the span cost
+  (`problem.span_cost`, default `GLOBAL_SPAN_COST`) x (the time the last robot finishes - the
+  earliest start). Without the span term, travel alone happily chains many orders on one robot
+  while others idle, which delays every order without a `needed_by`. Measured on random
+  10-robot/30-task problems, the span term roughly halved the latest delivery and cut the mean
+  delivery time by 5-25 % for about the same travel, at twice the (still sub-second) solve time.
+  The benchmarks set it to 0 (their objective is distance only).
+
+Search: one OR-Tools solve with `problem.search` (first-solution strategy, parameters) and
+`problem.metaheuristic`; or, with `search.route_elimination`, three phases: a first search (with
+the fixed costs and greedy descent, or for `initial_share` of the time without them), route
+elimination (leave out the vehicle of the smallest route, search from the other routes with its
+tasks unperformed and a moderate drop penalty, keep the result when every task is still served),
+and a cost phase from the best solution with the vehicles it uses. Once the vehicles are decided
+by which ones the model holds, the fixed costs are left out of the objective: they dwarf the
+travel costs, and guided local search scales its penalties with the objective (measured in
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time as _time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ortools.constraint_solver import pywrapcp, routing_enums_pb2
+from ortools.util import optional_boolean_pb2
 
 from fleet.domain.cargo import CargoClass
 from fleet.domain.priority import Priority
 from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind
-from fleet.planning.problem import HORIZON_S, UNREACHABLE, Problem, seconds_up
+from fleet.planning.problem import Problem, SearchConfig
 
 LATENESS_COST_PER_S = {Priority.STAT: 1000, Priority.URGENT: 100, Priority.ROUTINE: 10}
 """Cost per second late against `needed_by` (a travel second costs 1): base 10 x 100/10/1."""
@@ -70,6 +92,12 @@ class _Node:
     drug_weight: int  # cd_mix: see the module docstring; signed like demand
     order_id: str = ""
     kind: StopKind | None = None
+    window: tuple[float | None, float | None] = (None, None)  # hard, absolute seconds
+
+    @property
+    def key(self) -> tuple[str, StopKind | None]:
+        """What the node stands for, whatever its index in a model."""
+        return (self.order_id, self.kind)
 
 
 def solve(problem: Problem, time_limit_s: float = 2.0, seed: int = 0) -> Plan:
@@ -77,7 +105,9 @@ def solve(problem: Problem, time_limit_s: float = 2.0, seed: int = 0) -> Plan:
 
     GREEDY_DESCENT (the default) stops at a local optimum, so the plan does not depend on the
     machine's speed; `time_limit_s` is only a safety cap (hitting it on a very large problem
-    would make the result timing dependent). Other metaheuristics run until the limit.
+    would make the result timing dependent). Other metaheuristics run until the limit (or
+    `problem.search.solution_limit`), and so does the route-elimination phase
+    (`problem.search.route_elimination`): their plans depend on the machine's speed.
 
     `seed` is accepted for the `build_problem -> solve(problem, time_limit_s, seed)` contract; the
     OR-Tools routing search has no random seed and this function breaks no ties randomly, so the
@@ -97,14 +127,15 @@ def solve(problem: Problem, time_limit_s: float = 2.0, seed: int = 0) -> Plan:
     if not served and not has_onboard:
         return _plan_without_solver(problem, onboard=False)
     nodes, pickups = _layout(problem, served)
-    plan = _solve_model(problem, nodes, pickups, time_limit_s)
+    plan = _search(problem, nodes, pickups, time_limit_s)
     return plan if plan is not None else _plan_without_solver(problem, onboard=True)
 
 
 def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[tuple[int, int]]]:
     """The model's nodes: starts, end depot, task pickup/delivery pairs, onboard deliveries.
 
-    Returns the nodes and, per served task (same order as `served`), its (pickup, delivery) node.
+    Returns the nodes and, per served task (same order as `served`), its (pickup, delivery) node;
+    the pickup is -1 for a task loaded at the start (`Task.loaded_at_start`).
     """
     where = problem.location_index()
     n_orders = len(served) + sum(len(v.onboard) for v in problem.vehicles)
@@ -113,33 +144,39 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
     def weight(cargo: CargoClass) -> int:
         return drug if cargo is CargoClass.CONTROLLED_DRUG else 1
 
+    units = problem.units
     nodes = [_Node(where[v.start_node], 0, 0.0, 0, 0) for v in problem.vehicles]
     nodes.append(_Node(-1, 0, 0.0, 0, 0))
     pairs: list[tuple[int, int]] = []
     for k in served:
         t = problem.tasks[k]
         w = weight(t.cargo_class)
-        pairs.append((len(nodes), len(nodes) + 1))
-        nodes.append(
-            _Node(
-                where[t.pickup_node],
-                seconds_up(t.pickup_service_s),
-                t.pickup_service_s,
-                t.quantity,
-                w,
-                t.order_id,
-                StopKind.PICKUP,
+        if t.loaded_at_start:  # no pickup stop: the robot leaves its start with it on board
+            pairs.append((-1, len(nodes)))
+        else:
+            pairs.append((len(nodes), len(nodes) + 1))
+            nodes.append(
+                _Node(
+                    where[t.pickup_node],
+                    units(t.pickup_service_s),
+                    t.pickup_service_s,
+                    t.quantity,
+                    w,
+                    t.order_id,
+                    StopKind.PICKUP,
+                    (t.pickup_earliest, t.pickup_latest),
+                )
             )
-        )
         nodes.append(
             _Node(
                 where[t.dropoff_node],
-                seconds_up(t.dropoff_service_s),
+                units(t.dropoff_service_s),
                 t.dropoff_service_s,
                 -t.quantity,
                 -w,
                 t.order_id,
                 StopKind.DROPOFF,
+                (t.dropoff_earliest, t.dropoff_latest),
             )
         )
     for v in problem.vehicles:
@@ -147,7 +184,7 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
             nodes.append(
                 _Node(
                     where[o.dropoff_node],
-                    seconds_up(o.dropoff_service_s),
+                    units(o.dropoff_service_s),
                     o.dropoff_service_s,
                     -o.quantity,
                     -weight(o.cargo_class),
@@ -155,10 +192,19 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
                     StopKind.DROPOFF,
                 )
             )
+    # Closed routes: one end node per vehicle that returns somewhere (last, after the onboard
+    # deliveries, so the indices above do not depend on them).
+    for v in problem.vehicles:
+        if v.end_node is not None:
+            nodes.append(
+                _Node(where[v.end_node], 0, 0.0, 0, 0, "", None, (v.end_earliest, v.end_latest))
+            )
     return nodes, pairs
 
 
-def _transit_matrix(nodes: Sequence[_Node], travel: Sequence[Sequence[int]]) -> list[list[int]]:
+def _transit_matrix(
+    nodes: Sequence[_Node], travel: Sequence[Sequence[int]], unreachable: int
+) -> list[list[int]]:
     """Node-by-node transit for one travel class: service at i + travel i -> j; 0 into the end."""
     matrix: list[list[int]] = []
     for a in nodes:
@@ -168,39 +214,97 @@ def _transit_matrix(nodes: Sequence[_Node], travel: Sequence[Sequence[int]]) -> 
                 row.append(0)  # open routes: reaching the dummy end is free
                 continue
             leg = travel[a.location][b.location]
-            row.append(UNREACHABLE if leg >= UNREACHABLE else a.service_s + leg)
+            row.append(unreachable if leg >= unreachable else a.service_s + leg)
         matrix.append(row)
     return matrix
 
 
-def _solve_model(
+def _cost_matrix(nodes: Sequence[_Node], distance: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Node-by-node distance cost for one travel class (no service); 0 into the open end."""
+    return [
+        [0 if a.location < 0 or b.location < 0 else distance[a.location][b.location] for b in nodes]
+        for a in nodes
+    ]
+
+
+@dataclass
+class _Model:
+    """One OR-Tools routing model of the problem, some vehicles possibly switched off."""
+
+    manager: pywrapcp.RoutingIndexManager
+    routing: pywrapcp.RoutingModel
+    time: pywrapcp.RoutingDimension
+    keep: list[object] = field(default_factory=list)  # callbacks must outlive the model
+
+
+def _build_model(
     problem: Problem,
     nodes: list[_Node],
     pairs: list[tuple[int, int]],
-    time_limit_s: float,
-) -> Plan | None:
+    disabled: frozenset[int] = frozenset(),
+    *,
+    fixed_costs: bool = True,
+    drop_penalty: int | None = None,
+) -> _Model:
+    """The routing model; `disabled` vehicles stay empty.
+
+    The route-elimination search leaves the fixed costs out once the set of vehicles is decided
+    by `disabled` (they only inflate the objective, and guided local search scales its penalties
+    with the objective), and may use a smaller uniform `drop_penalty` for the same reason.
+    """
     vehicles = problem.vehicles
     n_vehicles = len(vehicles)
-    end = n_vehicles  # the dummy end depot's node index
-    manager = pywrapcp.RoutingIndexManager(
-        len(nodes), n_vehicles, list(range(n_vehicles)), [end] * n_vehicles
-    )
+    horizon = problem.horizon
+    unreachable = problem.unreachable
+    open_end = n_vehicles  # the dummy end depot's node index
+    ends: list[int] = []
+    closed = len(nodes) - sum(1 for vehicle in vehicles if vehicle.end_node is not None)
+    for vehicle in vehicles:
+        if vehicle.end_node is None:
+            ends.append(open_end)
+        else:
+            ends.append(closed)
+            closed += 1
+    manager = pywrapcp.RoutingIndexManager(len(nodes), n_vehicles, list(range(n_vehicles)), ends)
     routing = pywrapcp.RoutingModel(manager)
     solver = routing.solver()
+    if open_end not in ends:
+        # Every route is closed: the dummy end depot is an ordinary node nobody may visit.
+        unused_end = manager.NodeToIndex(open_end)
+        routing.AddDisjunction([unused_end], 0)
+        routing.ActiveVar(unused_end).SetValue(0)
 
-    # Travel cost and time: one registered matrix per travel class, shared by its vehicles.
+    # Travel time: one registered matrix per travel class, shared by its vehicles. The arc cost
+    # is the same matrix, or the distance matrix when the problem has one.
     transit = [
-        routing.RegisterTransitMatrix(_transit_matrix(nodes, travel)) for travel in problem.travel_s
+        routing.RegisterTransitMatrix(_transit_matrix(nodes, travel, unreachable))
+        for travel in problem.travel_s
     ]
     per_vehicle = [transit[problem.vehicle_class[v]] for v in range(n_vehicles)]
-    for v, callback in enumerate(per_vehicle):
-        routing.SetArcCostEvaluatorOfVehicle(callback, v)
-    routing.AddDimensionWithVehicleTransits(per_vehicle, HORIZON_S, HORIZON_S, False, "time")
+    if problem.distance is None:
+        cost = per_vehicle
+    else:
+        by_class = [routing.RegisterTransitMatrix(_cost_matrix(nodes, d)) for d in problem.distance]
+        cost = [by_class[problem.vehicle_class[v]] for v in range(n_vehicles)]
+    homogeneous = len(set(cost)) == 1
+    if homogeneous:
+        routing.SetArcCostEvaluatorOfAllVehicles(cost[0])
+    for v, callback in enumerate(cost):
+        if not homogeneous:
+            routing.SetArcCostEvaluatorOfVehicle(callback, v)
+        if fixed_costs and vehicles[v].fixed_cost:
+            routing.SetFixedCostOfVehicle(vehicles[v].fixed_cost, v)
+    routing.AddDimensionWithVehicleTransits(per_vehicle, horizon, horizon, False, "time")
     time = routing.GetDimensionOrDie("time")
-    time.SetGlobalSpanCostCoefficient(GLOBAL_SPAN_COST)
+    span = GLOBAL_SPAN_COST if problem.span_cost is None else problem.span_cost
+    if span:
+        time.SetGlobalSpanCostCoefficient(span)
     for v, vehicle in enumerate(vehicles):
-        start = min(HORIZON_S, max(0, seconds_up(vehicle.available_at - problem.now)))
+        start = min(horizon, problem.units(max(0.0, vehicle.available_at - problem.now)))
         time.CumulVar(routing.Start(v)).SetValue(start)
+        if vehicle.end_node is not None:
+            lo, hi = _window(problem, (vehicle.end_earliest, vehicle.end_latest))
+            time.CumulVar(routing.End(v)).SetRange(max(lo, start), max(hi, start))
 
     # Capacity in slots. A locked vehicle (already over capacity) gets room for what it carries;
     # it takes no new task (build_problem), so its load only goes down.
@@ -209,8 +313,9 @@ def _solve_model(
     capacities = [max(v.capacity_slots, load) for v, load in zip(vehicles, loads, strict=True)]
     routing.AddDimensionWithVehicleCapacity(slots_cb, 0, capacities, False, "slots")
     slots = routing.GetDimensionOrDie("slots")
+    preloaded = any(pickup < 0 for pickup, _ in pairs)
     for v, load in enumerate(loads):
-        slots.CumulVar(routing.Start(v)).SetValue(load)
+        _start_load(routing, slots, v, load, capacities[v], preloaded)
 
     # Controlled drugs travel alone (only modelled when there are any).
     if any(abs(n.drug_weight) > 1 for n in nodes):
@@ -225,74 +330,304 @@ def _solve_model(
         )
         cd_mix = routing.GetDimensionOrDie("cd_mix")
         for v, w in enumerate(weights):
-            cd_mix.CumulVar(routing.Start(v)).SetValue(w)
+            _start_load(routing, cd_mix, v, w, max(drug, w), preloaded)
 
     served = [k for k, allowed in enumerate(problem.allowed_vehicles) if allowed]
     for k, (p_node, d_node) in zip(served, pairs, strict=True):
         task = problem.tasks[k]
-        pickup, delivery = manager.NodeToIndex(p_node), manager.NodeToIndex(d_node)
-        routing.AddPickupAndDelivery(pickup, delivery)
-        solver.Add(routing.VehicleVar(pickup) == routing.VehicleVar(delivery))
-        solver.Add(time.CumulVar(pickup) <= time.CumulVar(delivery))
-        allowed = problem.allowed_vehicles[k]
-        if len(allowed) < n_vehicles:
-            # -1 stays in the domain: the node may still be dropped (its disjunction).
-            routing.VehicleVar(pickup).SetValues([-1, *allowed])
-            routing.VehicleVar(delivery).SetValues([-1, *allowed])
-        penalty = DROP_PENALTY[task.priority]
-        routing.AddDisjunction([pickup], penalty)
-        routing.AddDisjunction([delivery], penalty)
-        _lateness(time, delivery, task.needed_by, task.priority, problem.now)
+        delivery = manager.NodeToIndex(d_node)
+        indices = [delivery]
+        if p_node >= 0:
+            pickup = manager.NodeToIndex(p_node)
+            indices.insert(0, pickup)
+            routing.AddPickupAndDelivery(pickup, delivery)
+            solver.Add(routing.VehicleVar(pickup) == routing.VehicleVar(delivery))
+            solver.Add(time.CumulVar(pickup) <= time.CumulVar(delivery))
+        allowed = [v for v in problem.allowed_vehicles[k] if v not in disabled]
+        penalty = DROP_PENALTY[task.priority] if drop_penalty is None else drop_penalty
+        for index in indices:
+            if len(allowed) < n_vehicles:
+                # -1 stays in the domain: the node may still be dropped (its disjunction).
+                routing.VehicleVar(index).SetValues([-1, *allowed])
+            window = nodes[manager.IndexToNode(index)].window
+            if window != (None, None):
+                lo, hi = _window(problem, window)
+                time.CumulVar(index).SetRange(lo, hi)
+            routing.AddDisjunction([index], penalty)
+        _lateness(problem, time, delivery, task.needed_by, task.priority)
 
     for v, vehicle in enumerate(vehicles):
         for node, order in zip(_onboard_nodes(problem, v), vehicle.onboard, strict=True):
             index = manager.NodeToIndex(node)
             routing.VehicleVar(index).SetValues([v])  # mandatory: no disjunction, no -1
-            _lateness(time, index, order.needed_by, order.priority, problem.now)
+            _lateness(problem, time, index, order.needed_by, order.priority)
+    for v in disabled:
+        routing.NextVar(routing.Start(v)).SetValue(routing.End(v))
+    return _Model(manager, routing, time, [transit, cost, slots_cb])
 
+
+def _start_load(
+    routing: pywrapcp.RoutingModel,
+    dimension: pywrapcp.RoutingDimension,
+    vehicle: int,
+    onboard: int,
+    capacity: int,
+    preloaded: bool,
+) -> None:
+    """Fix a load dimension's start at what is on board.
+
+    With tasks loaded at the start, the start is free (at least what is on board) and the end is
+    0 instead: everything on board at the start, including the loaded-at-start tasks the route
+    delivers, is delivered by its end.
+    """
+    if not preloaded:
+        dimension.CumulVar(routing.Start(vehicle)).SetValue(onboard)
+        return
+    dimension.CumulVar(routing.Start(vehicle)).SetRange(onboard, max(onboard, capacity))
+    dimension.CumulVar(routing.End(vehicle)).SetValue(0)
+
+
+def _window(problem: Problem, window: tuple[float | None, float | None]) -> tuple[int, int]:
+    """A hard window (absolute seconds) as a cumul range in time units within the horizon.
+
+    The earliest bound is rounded up and the latest down, so the integer model never allows
+    what the exact times forbid. (build_problem left out tasks whose window has closed.)
+    """
+    earliest, latest = window
+    res = problem.time_resolution_s
+    lo = 0 if earliest is None else max(0, math.ceil((earliest - problem.now) / res - 1e-9))
+    hi = problem.horizon
+    if latest is not None:
+        hi = min(hi, math.floor((latest - problem.now) / res + 1e-9))
+    lo = min(lo, problem.horizon)
+    return lo, max(lo, hi)  # an empty window (build_problem drops those tasks) is its earliest
+
+
+def _parameters(
+    problem: Problem, time_limit_s: float, metaheuristic: str | None = None
+) -> pywrapcp.RoutingSearchParameters:
+    config: SearchConfig = problem.search
     params = pywrapcp.DefaultRoutingSearchParameters()
-    params.first_solution_strategy = (
-        routing_enums_pb2.FirstSolutionStrategy.PARALLEL_CHEAPEST_INSERTION
+    params.first_solution_strategy = getattr(
+        routing_enums_pb2.FirstSolutionStrategy, config.first_solution
     )
     params.local_search_metaheuristic = getattr(
-        routing_enums_pb2.LocalSearchMetaheuristic, problem.metaheuristic
+        routing_enums_pb2.LocalSearchMetaheuristic, metaheuristic or problem.metaheuristic
     )
     params.time_limit.FromMilliseconds(max(1, round(time_limit_s * 1000)))
-    solution = routing.SolveWithParameters(params)
+    if config.solution_limit is not None:
+        params.solution_limit = config.solution_limit
+    if config.guided_local_search_lambda is not None:
+        params.guided_local_search_lambda_coefficient = config.guided_local_search_lambda
+    if config.use_full_propagation:
+        params.use_full_propagation = True
+    if config.lns_time_limit_s is not None:
+        params.lns_time_limit.FromMilliseconds(max(1, round(config.lns_time_limit_s * 1000)))
+    if config.neighbors_ratio is not None:
+        params.ls_operator_neighbors_ratio = config.neighbors_ratio
+    if config.min_neighbors is not None:
+        params.ls_operator_min_neighbors = config.min_neighbors
+    operators = params.local_search_operators
+    for name, on in config.operators:
+        if not hasattr(operators, name):
+            raise ValueError(f"search.operators: unknown local search operator {name!r}")
+        setattr(
+            operators,
+            name,
+            optional_boolean_pb2.BOOL_TRUE if on else optional_boolean_pb2.BOOL_FALSE,
+        )
+    error = pywrapcp.FindErrorInRoutingSearchParameters(params)
+    if error:
+        raise ValueError(f"search: OR-Tools rejects the parameters: {error}")
+    return params
+
+
+def _search(
+    problem: Problem,
+    nodes: list[_Node],
+    pairs: list[tuple[int, int]],
+    time_limit_s: float,
+) -> Plan | None:
+    """One solve, or (route elimination) a vehicle-minimising phase followed by a cost phase."""
+    config = problem.search
+    if not config.route_elimination:
+        model = _build_model(problem, nodes, pairs)
+        params = _parameters(problem, time_limit_s)
+        solution = model.routing.SolveWithParameters(params)
+        return None if solution is None else _extract(problem, nodes, model, solution)
+
+    started = _time.monotonic()
+    deadline = started + time_limit_s
+    phase1_end = started + time_limit_s * config.elimination_share
+    if config.initial_share > 0:
+        # A first search for the cost alone; fixed costs would drown the metaheuristic.
+        first = _build_model(problem, nodes, pairs, fixed_costs=False)
+        params = _parameters(problem, time_limit_s * config.initial_share)
+    else:
+        # A first solution with the fixed costs (few vehicles), improved by greedy descent.
+        first = _build_model(problem, nodes, pairs)
+        params = _parameters(
+            problem, min(config.elimination_attempt_s, time_limit_s), "GREEDY_DESCENT"
+        )
+    solution = first.routing.SolveWithParameters(params)
     if solution is None:
         return None
-    return _extract(problem, nodes, manager, routing, time, solution)
+    # Routes as (order id, stop kind) keys, per vehicle index of `problem`.
+    best = {v: [nodes[i].key for i in route] for v, route in enumerate(_routes(first, solution))}
+    best = {v: route for v, route in best.items() if route or problem.vehicles[v].onboard}
+    best_plan = _extract(problem, nodes, first, solution)
+    if not best:
+        return best_plan  # nothing could be served: no route to eliminate or improve
+    penalty = _moderate_drop_penalty(problem)
+    tried: set[int] = set()
+    # Route elimination: leave out the vehicle of the smallest route not yet tried and search
+    # from the other routes, its tasks unperformed; keep the result if every task is served.
+    # The models only hold the vehicles in use, so the search wastes no moves on empty ones.
+    while (attempt := min(config.elimination_attempt_s, phase1_end - _time.monotonic())) > 0.05:
+        candidates = [v for v in best if v not in tried and not problem.vehicles[v].onboard]
+        if not candidates:
+            break
+        victim = min(candidates, key=lambda v: (len(best[v]), v))
+        tried.add(victim)
+        trial = {v: route for v, route in best.items() if v != victim}
+        params = _parameters(problem, attempt, config.elimination_metaheuristic)
+        found = _solve_restricted(problem, trial, params, drop_penalty=penalty)
+        if found is not None and _served(found[0]) >= _served(best):
+            best, best_plan, tried = found[0], found[1], set()
+    # Cost phase: the remaining time, from the best solution, with the vehicles it uses.
+    remaining = max(0.05, deadline - _time.monotonic())
+    found = _solve_restricted(problem, best, _parameters(problem, remaining))
+    if found is None:  # not expected (the start is a solution): keep the best so far
+        return best_plan
+    fixed = sum(problem.vehicles[v].fixed_cost for v, route in found[0].items() if route)
+    return dataclasses.replace(found[1], cost=found[1].cost + fixed)
+
+
+_Key = tuple[str, StopKind | None]
+
+
+def _solve_restricted(
+    problem: Problem,
+    start: dict[int, list[_Key]],
+    params: pywrapcp.RoutingSearchParameters,
+    *,
+    drop_penalty: int | None = None,
+) -> tuple[dict[int, list[_Key]], Plan] | None:
+    """Search from `start` (vehicle index -> its visits) with only those vehicles, no fixed costs.
+
+    Returns the routes found (same form) and the plan for the whole `problem` (the vehicles left
+    out get empty routes).
+    """
+    keep = sorted(start)
+    index_of = {v: i for i, v in enumerate(keep)}
+    allowed = tuple(
+        tuple(index_of[v] for v in vehicles if v in index_of)
+        for vehicles in problem.allowed_vehicles
+    )
+    sub = dataclasses.replace(
+        problem,
+        vehicles=tuple(problem.vehicles[v] for v in keep),
+        vehicle_class=tuple(problem.vehicle_class[v] for v in keep),
+        allowed_vehicles=allowed,
+    )
+    served = [k for k, vehicles in enumerate(allowed) if vehicles]
+    nodes, pairs = _layout(sub, served)
+    where = {node.key: i for i, node in enumerate(nodes) if node.kind is not None}
+    routes = [[where[key] for key in start[v] if key in where] for v in keep]
+    model = _build_model(sub, nodes, pairs, fixed_costs=False, drop_penalty=drop_penalty)
+    found = _solve_from(model, routes, params)
+    if found is None:
+        return None
+    solution, visits = found
+    result = {keep[i]: [nodes[n].key for n in route] for i, route in enumerate(visits)}
+    sub_plan = _extract(sub, nodes, model, solution)
+    empty = {v.robot_id: RoutePlan(v.robot_id, ()) for v in problem.vehicles}
+    plan = Plan(
+        {robot_id: sub_plan.routes.get(robot_id, route) for robot_id, route in empty.items()},
+        tuple(t.order_id for t in problem.tasks if t.order_id not in sub_plan.assignment),
+        sub_plan.eta,
+        sub_plan.cost,
+    )
+    return result, plan
+
+
+def _served(routes: dict[int, list[_Key]]) -> int:
+    return sum(len(route) for route in routes.values())
+
+
+def _moderate_drop_penalty(problem: Problem) -> int:
+    """A drop penalty just above what inserting any node could cost (two of the longest arcs)."""
+    matrices = problem.distance if problem.distance is not None else problem.travel_s
+    longest = max(
+        (x for m in matrices for row in m for x in row if x < problem.unreachable), default=1
+    )
+    return 2 * longest + 1
+
+
+def _routes(model: _Model, solution: pywrapcp.Assignment) -> list[list[int]]:
+    """Per vehicle, the node indices it visits (starts and ends left out)."""
+    routing, manager = model.routing, model.manager
+    routes: list[list[int]] = []
+    for v in range(routing.vehicles()):
+        route: list[int] = []
+        index = solution.Value(routing.NextVar(routing.Start(v)))
+        while not routing.IsEnd(index):
+            route.append(manager.IndexToNode(index))
+            index = solution.Value(routing.NextVar(index))
+        routes.append(route)
+    return routes
+
+
+def _solve_from(
+    model: _Model, routes: list[list[int]], params: pywrapcp.RoutingSearchParameters
+) -> tuple[pywrapcp.Assignment, list[list[int]]] | None:
+    """Search from the given routes of node numbers (nodes not on them start unperformed)."""
+    model.routing.CloseModelWithParameters(params)
+    indices = [[model.manager.NodeToIndex(node) for node in route] for route in routes]
+    initial = model.routing.ReadAssignmentFromRoutes(indices, True)
+    if initial is None:
+        return None
+    solution = model.routing.SolveFromAssignmentWithParameters(initial, params)
+    if solution is None:
+        return None
+    return solution, _routes(model, solution)
 
 
 def _onboard_nodes(problem: Problem, vehicle: int) -> range:
     """Node indices of `vehicle`'s onboard deliveries (they come last, vehicle by vehicle)."""
-    first = len(problem.vehicles) + 1 + 2 * sum(1 for a in problem.allowed_vehicles if a)
+    first = len(problem.vehicles) + 1
+    first += sum(
+        1 if task.loaded_at_start else 2
+        for task, allowed in zip(problem.tasks, problem.allowed_vehicles, strict=True)
+        if allowed
+    )
     first += sum(len(v.onboard) for v in problem.vehicles[:vehicle])
     return range(first, first + len(problem.vehicles[vehicle].onboard))
 
 
 def _lateness(
+    problem: Problem,
     time: pywrapcp.RoutingDimension,
     index: int,
     needed_by: float | None,
     priority: Priority,
-    now: float,
 ) -> None:
-    """Soft upper bound at `needed_by` (relative to now, never negative) on a delivery's time."""
+    """Soft upper bound at `needed_by` (relative to now, never negative) on a delivery's time.
+
+    The cost is per time unit (per second at the default resolution)."""
     if needed_by is None:
         return
-    bound = max(0, math.floor(needed_by - now))
-    time.SetCumulVarSoftUpperBound(index, min(bound, HORIZON_S), LATENESS_COST_PER_S[priority])
+    bound = max(0, math.floor((needed_by - problem.now) / problem.time_resolution_s + 1e-9))
+    time.SetCumulVarSoftUpperBound(
+        index, min(bound, problem.horizon), LATENESS_COST_PER_S[priority]
+    )
 
 
 def _extract(
-    problem: Problem,
-    nodes: list[_Node],
-    manager: pywrapcp.RoutingIndexManager,
-    routing: pywrapcp.RoutingModel,
-    time: pywrapcp.RoutingDimension,
-    solution: pywrapcp.Assignment,
+    problem: Problem, nodes: list[_Node], model: _Model, solution: pywrapcp.Assignment
 ) -> Plan:
+    manager, routing, time = model.manager, model.routing, model.time
+    res = problem.time_resolution_s
     routes: dict[str, RoutePlan] = {}
     eta: dict[str, float] = {}
     on_route: set[str] = set()
@@ -302,11 +637,14 @@ def _extract(
         while not routing.IsEnd(index):
             node = nodes[manager.IndexToNode(index)]
             # Min of the cumul: the earliest arrival consistent with the solution.
-            visits.append((node, problem.now + solution.Min(time.CumulVar(index))))
+            visits.append((node, problem.now + res * solution.Min(time.CumulVar(index))))
             on_route.add(node.order_id)
             index = solution.Value(routing.NextVar(index))
         stops = _merge(problem, visits)
-        routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops)
+        end_arrival = None
+        if vehicle.end_node is not None:
+            end_arrival = problem.now + res * solution.Min(time.CumulVar(index))
+        routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops, end_arrival)
         eta.update(_etas(stops))
     unassigned = tuple(t.order_id for t in problem.tasks if t.order_id not in on_route)
     return Plan(routes, unassigned, eta, solution.ObjectiveValue())
@@ -360,7 +698,7 @@ def _plan_without_solver(problem: Problem, *, onboard: bool) -> Plan:
             for order in vehicle.onboard:
                 node = _Node(
                     where[order.dropoff_node],
-                    seconds_up(order.dropoff_service_s),
+                    problem.units(order.dropoff_service_s),
                     order.dropoff_service_s,
                     -order.quantity,
                     0,
@@ -368,8 +706,9 @@ def _plan_without_solver(problem: Problem, *, onboard: bool) -> Plan:
                     StopKind.DROPOFF,
                 )
                 leg = travel[here][node.location]
-                clock = math.inf if leg >= UNREACHABLE else clock + leg
-                cost += 0 if leg >= UNREACHABLE else leg + node.service_s
+                unreachable = leg >= problem.unreachable
+                clock = math.inf if unreachable else clock + leg * problem.time_resolution_s
+                cost += 0 if unreachable else leg + node.service_s
                 visits.append((node, clock))
                 clock += order.dropoff_service_s
                 here = node.location

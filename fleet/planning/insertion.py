@@ -1,0 +1,504 @@
+"""Answer a nurse at once: insert one new task into the current plan, cheaply.
+
+The full re-optimization (`fleet.planning.solver.solve`) runs in a worker process and takes
+seconds. A new order must get a robot and an ETA right away, so `insert_task` tries every place
+the task's pickup and drop-off could go in every robot's planned stops and keeps the cheapest
+feasible one. The plan it returns for that robot is a good answer until the next full solve
+replaces it.
+
+The cargo rules are the solver's (see `fleet.planning.problem`):
+
+- the robot must be allowed to carry the task's cargo class, and the class must belong to the
+  robot's flow, so clean and dirty cargo never share a load; a robot whose load already breaks a
+  rule (`VehicleState.locked`) takes nothing new;
+- the load in slots never exceeds the robot's capacity anywhere along the route;
+- a controlled drug travels alone: while a CONTROLLED_DRUG task is on board nothing else is,
+  and a task is never on board together with a controlled drug.
+
+The cost of a candidate, in the solver's units (one second of robot time costs 1):
+
+- the increase of the route's duration (travel plus service: the time the robot finishes later);
+- lateness against `needed_by`, at `LATENESS_COST_PER_S[priority]` per second late (the solver's
+  weights), for the new task and for the lateness the insertion adds to the orders already on
+  the route;
+- `eta_cost_per_s` per second from `now` to the new task's drop-off, so that among robots with
+  similar detours the one that delivers sooner wins (the solver's makespan term plays this part
+  in the full solve; the insertion sees one order at a time).
+
+Times: a robot is free at `max(now, vehicle.available_at)` at `vehicle.start_node`, then drives
+its stops in order; arrival = previous departure + travel, departure = arrival + the stop's
+service. The service of an existing stop is taken from the plan (`departure - arrival`); a task
+merged into an existing stop at the same node and of the same kind makes it
+`max(old service, task's service)` (one docking, items handled together, as in the solver).
+There is no waiting: no time windows open later than now.
+
+Scope: the dispatcher's problem, i.e. open routes and soft deadlines. The options `build_problem`
+has for the public benchmarks are not modelled: a task with hard time windows
+(`pickup_earliest` ... `dropoff_latest`) raises ValueError, and a robot with a closed route
+(`VehicleState.end_node`) is not considered.
+
+Speed (the target is p99 < 50 ms for 100 robots with ~10 orders each): travel look-ups are
+cached per call; robots are visited by a lower bound of their cost (the earliest the task could
+be delivered by them) and skipped once that bound reaches the best cost found; inside a route,
+lateness added to the orders downstream of a delay is computed in O(1) whenever the delay fits
+within their slack, and position loops stop as soon as a capacity rule or the bound rules the
+rest out. Nothing is allocated per candidate; `Stop` objects are built only for the winner.
+
+Pure: standard library and the planning types only (no clock, no I/O, no OR-Tools).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleet.domain.cargo import CargoClass, Flow, flow_of
+from fleet.domain.priority import Priority
+from fleet.planning.plan import Stop, StopKind
+from fleet.planning.problem import Task, TravelTime, VehicleState
+
+LATENESS_COST_PER_S: Mapping[Priority, float] = {
+    Priority.STAT: 1000.0,
+    Priority.URGENT: 100.0,
+    Priority.ROUTINE: 10.0,
+}
+"""Cost per second late against `needed_by`; the same as `fleet.planning.solver`'s (a test
+checks), repeated here so that this module does not import OR-Tools."""
+
+ETA_COST_PER_S = 1.0
+"""Default cost per second between `now` and the new task's delivery (see the module docstring)."""
+
+_INF = math.inf
+
+_WINDOWS = ("pickup_earliest", "pickup_latest", "dropoff_earliest", "dropoff_latest")
+"""Hard time-window fields a `Task` may carry (for the public benchmarks); not supported here."""
+
+
+class OrderFacts(Protocol):
+    """What the insertion needs to know about an order already in a route.
+
+    `fleet.domain.order.Order`, `Task` and `OnboardTask` all have these attributes, so the core
+    can pass its own order table as it is.
+    """
+
+    @property
+    def quantity(self) -> int: ...
+
+    @property
+    def cargo_class(self) -> CargoClass: ...
+
+    @property
+    def priority(self) -> Priority: ...
+
+    @property
+    def needed_by(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class VehicleRoute:
+    """What the dispatcher knows of one robot right now.
+
+    - `vehicle`: where and when the robot is free after the stop it is committed to (its current
+      stop), and what it will carry then (`onboard`), exactly as in `Snapshot.vehicles`;
+    - `stops`: its planned future stops after that, in order (may be empty). Every order id in
+      them must be known to the `orders` mapping given to `insert_task` or be on board.
+    """
+
+    vehicle: VehicleState
+    stops: tuple[Stop, ...] = ()
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """The cheapest feasible place for a new task.
+
+    - `robot_id`: the robot that takes it;
+    - `stops`: that robot's new future stops with the task inserted, all times recomputed;
+    - `eta`: estimated arrival at the task's drop-off (absolute seconds);
+    - `pickup_eta`: estimated arrival at its pickup;
+    - `added_cost_s`: the cost the insertion adds (see the module docstring).
+    """
+
+    robot_id: str
+    stops: tuple[Stop, ...]
+    eta: float
+    pickup_eta: float
+    added_cost_s: float
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The best candidate found so far (allocated only when the best improves)."""
+
+    cost: float
+    route: int  # index into `routes`
+    pickup_gap: int  # new pickup stop before stops[pickup_gap]; -1 when merged
+    pickup_merge: int  # merged into stops[pickup_merge]; -1 when a new stop
+    drop_gap: int
+    drop_merge: int
+    eta: float
+
+
+def insert_task(
+    task: Task,
+    routes: Sequence[VehicleRoute],
+    travel: TravelTime,
+    now: float,
+    orders: Mapping[str, OrderFacts],
+    *,
+    eta_cost_per_s: float = ETA_COST_PER_S,
+) -> Insertion | None:
+    """The cheapest feasible insertion of `task` into one of `routes`, or None if none can take it.
+
+    `travel(a, b, flow, speed)` is the building's travel time (`BuildingGraph.travel_time`);
+    `orders` maps the order ids found in the routes' stops to their quantity, cargo class,
+    priority and needed-by (orders on board may be left out: `vehicle.onboard` describes them).
+    Ties go to the robot listed first. Raises ValueError for a task with a non-positive quantity
+    or a bad service time, and for a route naming an order that neither `orders` nor the
+    vehicle's `onboard` knows.
+    """
+    if task.quantity < 1:
+        raise ValueError(f"task.quantity: must be at least 1 for {task.order_id!r}")
+    for name, service in (
+        ("pickup_service_s", task.pickup_service_s),
+        ("dropoff_service_s", task.dropoff_service_s),
+    ):
+        if not (service >= 0 and math.isfinite(service)):
+            raise ValueError(f"task.{name}: must be finite and >= 0 for {task.order_id!r}")
+
+    for name in _WINDOWS:
+        if getattr(task, name, None) is not None:
+            raise ValueError(f"task.{name}: hard time windows are not supported by the insertion")
+    if not (eta_cost_per_s >= 0 and math.isfinite(eta_cost_per_s)):
+        raise ValueError("eta_cost_per_s: must be finite and >= 0")
+    cache: dict[tuple[str, str, Flow, float], float] = {}
+
+    def tt(a: str, b: str, flow: Flow, speed: float) -> float:
+        if a == b:
+            return 0.0
+        key = (a, b, flow, speed)
+        value = cache.get(key)
+        if value is None:
+            value = travel(a, b, flow, speed)
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"travel({a!r}, {b!r}, {flow}, {speed}) returned {value}")
+            cache[key] = value
+        return value
+
+    cargo = task.cargo_class
+    cargo_flow = flow_of(cargo)
+    p_node, d_node = task.pickup_node, task.dropoff_node
+    w_task = LATENESS_COST_PER_S[task.priority]
+    nb_task = task.needed_by
+
+    def delivery_cost(eta: float) -> float:
+        late = 0.0 if nb_task is None or eta <= nb_task else w_task * (eta - nb_task)
+        return eta_cost_per_s * (eta - now) + late
+
+    # Lower bound per robot: the earliest it could possibly deliver (start -> P -> D).
+    candidates: list[tuple[float, int]] = []
+    for index, route in enumerate(routes):
+        v = route.vehicle
+        if (
+            cargo not in v.cargo_classes
+            or cargo_flow is not v.flow
+            or task.quantity > v.capacity_slots
+            or v.locked
+            or getattr(v, "end_node", None) is not None
+        ):
+            continue
+        to_p = tt(v.start_node, p_node, v.flow, v.speed_m_s)
+        p_to_d = tt(p_node, d_node, v.flow, v.speed_m_s)
+        if to_p == _INF or p_to_d == _INF:
+            continue
+        earliest = max(now, v.available_at) + to_p + task.pickup_service_s + p_to_d
+        candidates.append((delivery_cost(earliest), index))
+    candidates.sort()
+
+    best: _Choice | None = None
+    for bound, index in candidates:
+        if best is not None and bound >= best.cost:
+            break
+        found = _best_in_route(task, routes[index], index, tt, now, orders, delivery_cost, best)
+        if found is not None:
+            best = found
+    if best is None:
+        return None
+    return _build(task, routes[best.route], best, tt, now)
+
+
+def retime(
+    vehicle: VehicleState, stops: Sequence[Stop], travel: TravelTime, now: float
+) -> tuple[Stop, ...]:
+    """`stops` with arrival and departure recomputed from the vehicle's start, services kept.
+
+    Handy after removing an order from a route (cancelled, or taken by another robot). A stop
+    whose service cannot be read (non-finite times) keeps a service of 0.
+    """
+    t = max(now, vehicle.available_at)
+    here = vehicle.start_node
+    out: list[Stop] = []
+    for stop in stops:
+        leg = 0.0 if stop.node == here else travel(here, stop.node, vehicle.flow, vehicle.speed_m_s)
+        t += leg
+        out.append(Stop(stop.node, stop.kind, stop.order_ids, t, t + _service(stop)))
+        t += _service(stop)
+        here = stop.node
+    return tuple(out)
+
+
+def without_orders(stops: Sequence[Stop], drop: Callable[[str], bool]) -> tuple[Stop, ...]:
+    """`stops` without the order ids for which `drop(order_id)` is true.
+
+    Stops left empty disappear; two stops of one kind at one node that become neighbours merge
+    (the longer service is kept). Times are not recomputed (`insert_task` recomputes them anyway;
+    use `retime` otherwise). For the core: drop orders cancelled, finished or re-assigned since
+    the plan was made before passing a robot's future stops to `insert_task`.
+    """
+    kept: list[Stop] = []
+    for stop in stops:
+        ids = tuple(oid for oid in stop.order_ids if not drop(oid))
+        if not ids:
+            continue
+        last = kept[-1] if kept else None
+        if last is not None and last.node == stop.node and last.kind is stop.kind:
+            service = max(_service(last), _service(stop))
+            merged = last.order_ids + ids
+            kept[-1] = Stop(last.node, last.kind, merged, last.arrival, last.arrival + service)
+        elif ids == stop.order_ids:
+            kept.append(stop)
+        else:
+            kept.append(Stop(stop.node, stop.kind, ids, stop.arrival, stop.departure))
+    return tuple(kept)
+
+
+def _service(stop: Stop) -> float:
+    service = stop.departure - stop.arrival
+    return service if 0 <= service < _INF else 0.0
+
+
+def _best_in_route(
+    task: Task,
+    route: VehicleRoute,
+    route_index: int,
+    tt: Callable[[str, str, Flow, float], float],
+    now: float,
+    orders: Mapping[str, OrderFacts],
+    delivery_cost: Callable[[float], float],
+    best: _Choice | None,
+) -> _Choice | None:
+    """The cheapest insertion into this route if cheaper than `best`, else None."""
+    v = route.vehicle
+    stops = route.stops
+    n = len(stops)
+    flow, speed = v.flow, v.speed_m_s
+    p_node, d_node = task.pickup_node, task.dropoff_node
+    sp, sd = task.pickup_service_s, task.dropoff_service_s
+    q = task.quantity
+    is_drug = task.cargo_class is CargoClass.CONTROLLED_DRUG
+    cap = v.capacity_slots
+    t0 = max(now, v.available_at)
+
+    # Baseline times. legs[k]: travel into stops[k]; legs[n] = 0 (the open end).
+    nodes = [s.node for s in stops]
+    serv = [_service(s) for s in stops]
+    legs = [0.0] * (n + 1)
+    arr = [0.0] * n
+    dep = [0.0] * n
+    here, t = v.start_node, t0
+    for k in range(n):
+        leg = tt(here, nodes[k], flow, speed)
+        if leg == _INF:
+            return None  # the plan is already broken for this robot; leave it to the solver
+        legs[k] = leg
+        t += leg
+        arr[k] = t
+        t += serv[k]
+        dep[k] = t
+        here = nodes[k]
+
+    # Load profile, per segment: segment k runs into stops[k] (segment n: after the last stop).
+    onboard = {o.order_id: o for o in v.onboard}
+    load = v.onboard_load
+    count = len(v.onboard)
+    drugs = sum(1 for o in v.onboard if o.cargo_class is CargoClass.CONTROLLED_DRUG)
+    ok = [False] * (n + 1)  # may the task be on board in that segment?
+    late_items: list[tuple[int, float, float]] = []  # (stop, needed_by, weight) of drop-offs
+    for k in range(n + 1):
+        ok[k] = load + q <= cap and (count == 0 if is_drug else drugs == 0)
+        if k == n:
+            break
+        stop = stops[k]
+        sign = 1 if stop.kind is StopKind.PICKUP else -1
+        for oid in stop.order_ids:
+            facts: OrderFacts | None = orders.get(oid)
+            if facts is None:
+                facts = onboard.get(oid)
+            if facts is None:
+                raise ValueError(f"routes: order {oid!r} on robot {v.robot_id!r} is unknown")
+            load += sign * facts.quantity
+            count += sign
+            if facts.cargo_class is CargoClass.CONTROLLED_DRUG:
+                drugs += sign
+            if sign < 0 and facts.needed_by is not None:
+                late_items.append((k, facts.needed_by, LATENESS_COST_PER_S[facts.priority]))
+
+    # Lateness added downstream of a delay: rate[p] = weight of orders at stops >= p already
+    # late (they lose one cost unit per second of delay each), slack[p] = the smallest delay
+    # that makes another one late. Below the slack the added lateness is rate * delay.
+    rate = [0.0] * (n + 1)
+    slack = [_INF] * (n + 1)
+    for k, needed_by, weight in late_items:
+        if arr[k] >= needed_by:
+            rate[k] += weight
+        else:
+            slack[k] = min(slack[k], needed_by - arr[k])
+    for k in range(n - 1, -1, -1):
+        rate[k] += rate[k + 1]
+        slack[k] = min(slack[k], slack[k + 1])
+
+    def added_lateness(p: int, delay: float) -> float:
+        """Lateness added to the orders dropped at stops >= p when they all arrive `delay` later."""
+        if delay <= 0 or p >= n:
+            return 0.0
+        if delay <= slack[p]:
+            return rate[p] * delay
+        total = 0.0
+        for k, needed_by, weight in late_items:
+            if k >= p:
+                before = arr[k] - needed_by
+                after = before + delay
+                if after > 0:
+                    total += weight * (after if before < 0 else delay)
+        return total
+
+    best_cost = best.cost if best is not None else _INF
+    choice: _Choice | None = None
+    p_to_d = tt(p_node, d_node, flow, speed)
+    p_is_stop = [stops[k].kind is StopKind.PICKUP and nodes[k] == p_node for k in range(n)]
+    d_is_stop = [stops[k].kind is StopKind.DROPOFF and nodes[k] == d_node for k in range(n)]
+    p_is_stop.append(False)
+    d_is_stop.append(False)
+    # prev_dep[k] / prev_node[k]: when and where the robot leaves for stops[k] (k = n: the end).
+    prev_dep = [t0, *dep]
+    prev_node = [v.start_node, *nodes]
+
+    def drops(
+        first: int, new_from: int, delayed_from: int, delay1: float, pickup_gap: int, merge: int
+    ) -> None:
+        """Try every drop-off once the pickup is placed; keep the best in `choice`.
+
+        The task is on board from the segment before stops[first]; new drop-off stops are tried
+        before stops[j] for j >= new_from; the stops from `delayed_from` on are already `delay1`
+        later because of the pickup.
+        """
+        nonlocal best_cost, choice
+        for j in range(first, n + 1):
+            if not ok[j]:
+                break  # on board through this segment is not allowed: no later drop-off either
+            base = prev_dep[j] + delay1  # every drop-off from here on arrives after this
+            if delay1 + delivery_cost(base) >= best_cost:
+                break
+            shifted = added_lateness(delayed_from, delay1) - added_lateness(j, delay1)
+            # A new drop-off stop before stops[j] (not next to a drop-off stop at the same node:
+            # merging into that one is never worse).
+            if j >= new_from and not (d_is_stop[j - 1] or d_is_stop[j]):
+                to_d = tt(nodes[j - 1], d_node, flow, speed)
+                eta = base + to_d
+                after = tt(d_node, nodes[j], flow, speed) if j < n else 0.0
+                delay2 = to_d + sd + after - legs[j]
+                if delay2 < _INF:
+                    total = delay1 + delay2
+                    cost = total + shifted + added_lateness(j, total) + delivery_cost(eta)
+                    if cost < best_cost:
+                        best_cost = cost
+                        choice = _Choice(cost, route_index, pickup_gap, merge, j, -1, eta)
+            # Merge the drop-off into stops[j], a drop-off at the same node.
+            if d_is_stop[j]:
+                eta = arr[j] + delay1
+                total = delay1 + max(0.0, sd - serv[j])
+                cost = (
+                    total
+                    + shifted
+                    + added_lateness(j, delay1)
+                    - added_lateness(j + 1, delay1)
+                    + added_lateness(j + 1, total)
+                    + delivery_cost(eta)
+                )
+                if cost < best_cost:
+                    best_cost = cost
+                    choice = _Choice(cost, route_index, pickup_gap, merge, -1, j, eta)
+
+    for i in range(n + 1):
+        # Every pickup from here on is reached after prev_dep[i]: bound the rest of the route.
+        if delivery_cost(prev_dep[i] + sp + p_to_d) >= best_cost:
+            break
+        # Option A: a new pickup stop before stops[i]. Right after a pickup stop at the same node
+        # merging into that one is never worse; right before one too, unless the drop-off comes
+        # in between.
+        if ok[i] and not (i > 0 and p_is_stop[i - 1]):
+            to_p = tt(prev_node[i], p_node, flow, speed)
+            if to_p < _INF:
+                # The drop-off right after the pickup, both before stops[i].
+                if not d_is_stop[i]:
+                    eta = prev_dep[i] + to_p + sp + p_to_d
+                    after = tt(d_node, nodes[i], flow, speed) if i < n else 0.0
+                    delay = to_p + sp + p_to_d + sd + after - legs[i]
+                    if delay < _INF:
+                        cost = delay + added_lateness(i, delay) + delivery_cost(eta)
+                        if cost < best_cost:
+                            best_cost = cost
+                            choice = _Choice(cost, route_index, i, -1, i, -1, eta)
+                if i < n and not p_is_stop[i]:
+                    delay1 = to_p + sp + tt(p_node, nodes[i], flow, speed) - legs[i]
+                    if delay1 < _INF:
+                        drops(i, i + 1, i, delay1, i, -1)
+        # Option B: merge the pickup into stops[i], a pickup at the same node.
+        if p_is_stop[i]:
+            drops(i + 1, i + 1, i + 1, max(0.0, sp - serv[i]), -1, i)
+    return choice
+
+
+def _build(
+    task: Task,
+    route: VehicleRoute,
+    choice: _Choice,
+    tt: Callable[[str, str, Flow, float], float],
+    now: float,
+) -> Insertion:
+    """The winner's stops, with the task inserted and every time recomputed."""
+    v = route.vehicle
+    # (node, kind, order ids, service) per stop; drop-off first so the pickup index still holds.
+    items = [(s.node, s.kind, s.order_ids, _service(s)) for s in route.stops]
+    oid = task.order_id
+    if choice.drop_merge >= 0:
+        node, kind, ids, service = items[choice.drop_merge]
+        items[choice.drop_merge] = (node, kind, (*ids, oid), max(service, task.dropoff_service_s))
+    else:
+        items.insert(
+            choice.drop_gap, (task.dropoff_node, StopKind.DROPOFF, (oid,), task.dropoff_service_s)
+        )
+    if choice.pickup_merge >= 0:
+        node, kind, ids, service = items[choice.pickup_merge]
+        items[choice.pickup_merge] = (node, kind, (*ids, oid), max(service, task.pickup_service_s))
+    else:
+        items.insert(
+            choice.pickup_gap, (task.pickup_node, StopKind.PICKUP, (oid,), task.pickup_service_s)
+        )
+    t = max(now, v.available_at)
+    here = v.start_node
+    stops: list[Stop] = []
+    eta = pickup_eta = _INF
+    for node, kind, ids, service in items:
+        t += tt(here, node, v.flow, v.speed_m_s)
+        stops.append(Stop(node, kind, ids, t, t + service))
+        if oid in ids:
+            if kind is StopKind.PICKUP:
+                pickup_eta = t
+            else:
+                eta = t
+        t += service
+        here = node
+    return Insertion(v.robot_id, tuple(stops), eta, pickup_eta, choice.cost)
