@@ -5,13 +5,18 @@ opening time; a lift becomes an edge between every ordered pair of its lobbies w
 expected wait, the door cycles, driving in and out and the vertical ride. A flow only sees the
 lanes and lifts whose access admits it, so clean traffic never plans through a dirty lift and
 the reverse.
+
+The wait for a car starts as the map's `expected_wait` of each lift. The dispatcher may replace
+it with the waits it has observed (`BuildingGraph.set_lift_waits`, fed by
+`fleet.traffic.lift_waits.LiftWaitEstimator`); every other part of a ride's time stays as the map
+gives it.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -77,10 +82,13 @@ def lane_time_s(lane: Lane, door_open_time_s: float, speed_m_s: float) -> float:
     return lane.length_m / min(speed_m_s, limit) + door_open_time_s
 
 
-def lift_ride_time_s(lift: Lift, elevation_change_m: float) -> float:
-    """Planning time for one ride: wait, three door cycles, drive in and out, and travel."""
+def lift_ride_time_s(lift: Lift, elevation_change_m: float, wait_s: float | None = None) -> float:
+    """Planning time for one ride: wait, three door cycles, drive in and out, and travel.
+
+    The wait is `wait_s` when given (an observed estimate), else the map's `expected_wait_s`.
+    """
     return (
-        lift.expected_wait_s
+        (lift.expected_wait_s if wait_s is None else wait_s)
         + 3 * lift.door_time_s
         + 2 * LIFT_TRANSFER_S
         + abs(elevation_change_m) / lift.speed_m_s
@@ -129,15 +137,53 @@ _Tree = tuple[dict[str, float], dict[str, list[str]]]
 class BuildingGraph:
     """Routes and travel times over a building, per flow and robot speed.
 
-    Single-source shortest-path trees are cached per (source, flow, speed); the building is
-    immutable, so the cache never goes stale.
+    Single-source shortest-path trees are cached per (source, flow, speed). The building is
+    immutable; the only thing that changes travel times is `set_lift_waits`, which rebuilds the
+    graphs and empties the cache, and bumps `version` so callers holding travel times of their
+    own (a planner's matrix) can tell they are stale.
     """
 
-    def __init__(self, building: Building) -> None:
+    def __init__(self, building: Building, lift_waits: Mapping[str, float] | None = None) -> None:
         self.building = building
-        # One graph per flow, built once: a flow's graph holds only what its access admits.
+        self._waits: dict[str, float] = self._checked_waits(lift_waits or {})
+        self.version = 0
+        """Incremented whenever travel times change (by `set_lift_waits`)."""
+        # One graph per flow: a flow's graph holds only what its access admits.
         self._graphs: dict[Flow, nx.DiGraph] = {flow: self._build(flow) for flow in Flow}
         self._trees: dict[tuple[str, Flow, float], _Tree] = {}
+
+    @property
+    def lift_waits(self) -> dict[str, float]:
+        """The wait for a car, per lift, that travel times use now (a copy)."""
+        return dict(self._waits)
+
+    def set_lift_waits(self, waits: Mapping[str, float]) -> bool:
+        """Use `waits` (seconds, per lift name) as the wait part of every ride's time.
+
+        Replaces the previous waits as a whole: a lift not named goes back to the map's
+        `expected_wait`, so `set_lift_waits({})` restores the map's times exactly and the result
+        depends only on this call, not on the history. Returns True when travel times changed
+        (graphs rebuilt, caches emptied, `version` bumped); False, keeping the caches, when the
+        waits are the ones in use. Raises ValueError, changing nothing, for an unknown lift or a
+        wait that is negative or not finite. Cheap: one rebuild of a few hundred edges.
+        """
+        new = self._checked_waits(waits)
+        if new == self._waits:
+            return False
+        self._waits = new
+        self._graphs = {flow: self._build(flow) for flow in Flow}
+        self._trees.clear()
+        self.version += 1
+        return True
+
+    def _checked_waits(self, waits: Mapping[str, float]) -> dict[str, float]:
+        lifts = self.building.lifts
+        for name, wait in waits.items():
+            if name not in lifts:
+                raise ValueError(f"unknown lift {name!r}")
+            if not (math.isfinite(wait) and wait >= 0):
+                raise ValueError(f"lift {name!r}: wait must be finite seconds >= 0, got {wait}")
+        return {name: float(waits.get(name, lift.expected_wait_s)) for name, lift in lifts.items()}
 
     def _build(self, flow: Flow) -> nx.DiGraph:
         building = self.building
@@ -169,9 +215,8 @@ class BuildingGraph:
                     climb = (
                         building.levels[to_level].elevation - building.levels[from_level].elevation
                     )
-                    ride = LiftLeg(
-                        lift.name, from_level, to_level, start, end, lift_ride_time_s(lift, climb)
-                    )
+                    time_s = lift_ride_time_s(lift, climb, self._waits[lift.name])
+                    ride = LiftLeg(lift.name, from_level, to_level, start, end, time_s)
                     add(start, end, _LiftOption(ride))
         return graph
 

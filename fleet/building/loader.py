@@ -17,6 +17,16 @@ from typing import Any
 import networkx as nx
 import yaml
 
+from fleet.building.hours import (
+    ALWAYS_OPEN,
+    WEEKDAYS,
+    Interval,
+    OpeningHours,
+    check_timezone,
+    overlaps,
+    parse_interval,
+    parse_weekdays,
+)
 from fleet.building.model import (
     Building,
     Door,
@@ -177,6 +187,7 @@ _ROOT_KEYS = {
     "doors": False,
     "lifts": False,
     "stations": False,
+    "timezone": False,
 }
 _LEVEL_KEYS = {"name": True, "elevation": True, "nodes": True}
 _LANE_KEYS = {
@@ -199,7 +210,13 @@ _LIFT_KEYS = {
     "expected_wait": False,
     "initial_level": False,
 }
-_STATION_KEYS = {"name": True, "kind": True, "node": True, "service_time": False}
+_STATION_KEYS = {
+    "name": True,
+    "kind": True,
+    "node": True,
+    "service_time": False,
+    "opening_hours": False,
+}
 
 
 def _join(path: str, key: object) -> str:
@@ -361,6 +378,7 @@ class _Parser:
         if root is None:
             raise MapError(self.issues)
         name = self.text(root, "name", ROOT)
+        timezone = self.timezone(root)
         levels, nodes = self.parse_levels(root)
         doors, door_paths = self.parse_doors(root)
         lanes = self.parse_lanes(root, nodes, doors, door_paths)
@@ -379,7 +397,19 @@ class _Parser:
             lifts=lifts,
             stations=stations,
             source=self.source,
+            timezone=timezone,
         )
+
+    def timezone(self, root: Mapping[Any, Any]) -> str:
+        """The map's IANA time zone (default UTC); reports an unknown one."""
+        value = root.get("timezone", "UTC")
+        if not isinstance(value, str) or not value.strip():
+            self.error("timezone", f"expected a time zone name, got {_describe(value)}")
+            return "UTC"
+        problem = check_timezone(value)
+        if problem is not None:
+            self.error("timezone", problem)
+        return value
 
     def parse_levels(self, root: Mapping[Any, Any]) -> tuple[dict[str, Level], dict[str, Node]]:
         levels: dict[str, Level] = {}
@@ -710,6 +740,8 @@ class _Parser:
             node = None
         # Zero is a fair service time for a parking spot, so only negative times are refused.
         service = self.number(data, "service_time", path, inclusive=True, unit=" (seconds)")
+        # Bad hours leave the station usable for the other checks; the issue fails the map.
+        hours = self.opening_hours(data, path)
         if name is None or kind is None or node is None:
             return None
         if "service_time" in data and service is None:
@@ -719,7 +751,112 @@ class _Parser:
             kind=kind,
             node=node,
             service_time_s=service if service is not None else _DEFAULT_SERVICE_TIME_S,
+            opening_hours=hours if hours is not None else ALWAYS_OPEN,
         )
+
+    def opening_hours(self, data: Mapping[Any, Any], path: str) -> OpeningHours | None:
+        """A station's `opening_hours`: a list of daily intervals, or weekdays to such lists.
+
+        Absent means always open; None (after reporting) when anything in it is wrong.
+        """
+        if "opening_hours" not in data:
+            return ALWAYS_OPEN
+        where = _join(path, "opening_hours")
+        value = data["opening_hours"]
+        if isinstance(value, list):
+            daily = self.intervals(value, where)
+            if daily is None:
+                return None
+            hours = OpeningHours.daily(daily)
+        elif isinstance(value, Mapping):
+            week = self.weekdays(value, where)
+            if week is None:
+                return None
+            hours = OpeningHours.weekly(week)
+        else:
+            self.error(
+                where,
+                "expected a list of intervals such as ['07:00-19:00'], or a mapping of "
+                f"weekdays (mon-fri, sat, ...) to such lists, got {_describe(value)}",
+            )
+            return None
+        if hours.never_open:
+            self.error(
+                where,
+                "the station never opens; leave opening_hours out for a station open round the "
+                "clock",
+            )
+            return None
+        return hours
+
+    def weekdays(self, value: Mapping[Any, Any], where: str) -> dict[int, list[Interval]] | None:
+        """Weekday number -> intervals from a mapping such as `{mon-fri: [...], sat: [...]}`."""
+        self.mapping(value, where)  # reports duplicate keys
+        week: dict[int, list[Interval]] = {}
+        given: dict[int, str] = {}  # weekday -> the key that gave it
+        ok = True
+        for key, intervals in value.items():
+            at = _join(where, key)
+            if not isinstance(key, str):
+                self.error(at, f"expected weekdays such as 'mon-fri', got {_describe(key)}")
+                ok = False
+                continue
+            try:
+                days = parse_weekdays(key)
+            except ValueError as exc:
+                self.error(at, str(exc))
+                ok = False
+                continue
+            for day in days:
+                if day in given:
+                    self.error(
+                        at, f"weekday {WEEKDAYS[day]!r} given twice (also in {given[day]!r})"
+                    )
+                    ok = False
+                given.setdefault(day, key)
+            if not isinstance(intervals, list):
+                self.error(
+                    at,
+                    "expected a list of intervals such as ['07:00-19:00'] ([] for closed), "
+                    f"got {_describe(intervals)}",
+                )
+                ok = False
+                continue
+            parsed = self.intervals(intervals, at)
+            if parsed is None:
+                ok = False
+                continue
+            for day in days:
+                week.setdefault(day, parsed)
+        return week if ok else None
+
+    def intervals(self, items: list[Any], where: str) -> list[Interval] | None:
+        """Parse `HH:MM-HH:MM` texts; report bad ones and overlaps between them."""
+        parsed: list[Interval] = []
+        texts: list[str] = []
+        ok = True
+        for i, item in enumerate(items):
+            at = _index(where, i)
+            if not isinstance(item, str):
+                # YAML 1.1 reads an unquoted 19:00 as base-60 1140: say so, or the error baffles.
+                hint = "; quote times, YAML reads 19:00 as a number" if _is_number(item) else ""
+                self.error(
+                    at, f"expected an interval such as '07:00-19:00', got {_describe(item)}{hint}"
+                )
+                ok = False
+                continue
+            try:
+                parsed.append(parse_interval(item))
+                texts.append(item)
+            except ValueError as exc:
+                self.error(at, str(exc))
+                ok = False
+        if not ok:
+            return None
+        for i, j in overlaps(parsed):
+            self.error(_index(where, j), f"interval {texts[j]!r} overlaps {texts[i]!r}")
+            ok = False
+        return parsed if ok else None
 
     def check_reachable(
         self,

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from fleet.building.hours import ALWAYS_OPEN, OpeningHours, utc_offset_s
 from fleet.domain.cargo import Access
 
 
@@ -109,6 +110,8 @@ class Station:
     kind: StationKind
     node: str
     service_time_s: float = 30.0  # time to load or unload at this station
+    # When robots may load or unload here, in the building's local time (`Building.timezone`).
+    opening_hours: OpeningHours = ALWAYS_OPEN
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ class Building:
     lifts: dict[str, Lift]
     stations: dict[str, Station]
     source: str = field(default="", compare=False)
+    timezone: str = "UTC"  # IANA name; the local time of stations' opening hours
+
+    def utc_offset_s(self, t: float) -> float:
+        """The building's offset from UTC at absolute time `t`, for `OpeningHours` queries."""
+        return utc_offset_s(self.timezone, t)
 
     def level_of(self, node: str) -> str:
         """The level a node is on."""
