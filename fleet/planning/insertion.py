@@ -13,7 +13,17 @@ The cargo rules are the solver's (see `fleet.planning.problem`):
   rule (`VehicleState.locked`) takes nothing new;
 - the load in slots never exceeds the robot's capacity anywhere along the route;
 - a controlled drug travels alone: while a CONTROLLED_DRUG task is on board nothing else is,
-  and a task is never on board together with a controlled drug.
+  and a task is never on board together with a controlled drug;
+- weight (`Task.weight_kg`, in whole grams) never exceeds `VehicleState.max_payload_kg`, and the
+  number of orders on board never exceeds `VehicleState.compartments`, anywhere along the route;
+- a pinned task (`Task.pinned_robot`) only goes to its robot; a task pinned to a compartment
+  (`Task.pinned_compartment`) is only picked up where the robot carries nothing, and no other
+  task is on board when a pinned task already in the route is picked up (the solver's rule, so
+  that the pinned compartment is free); `Insertion.compartments` gives the new route's
+  compartment assignment;
+- STAT pre-empts charging: a robot on its charger (`VehicleState.charging_until` after `now`)
+  only takes STAT tasks. (The full solve may also give it a non-STAT task picked up after
+  `charging_until`; the insertion has no waiting, so it leaves such robots out.)
 
 The cost of a candidate, in the solver's units (one second of robot time costs 1):
 
@@ -51,13 +61,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleet.domain.cargo import CargoClass, Flow, flow_of
 from fleet.domain.priority import Priority
-from fleet.planning.plan import Stop, StopKind
-from fleet.planning.problem import Task, TravelTime, VehicleState
+from fleet.planning.plan import Stop, StopKind, assign_compartments
+from fleet.planning.problem import Task, TravelTime, VehicleState, fits_vehicle, grams
 
 LATENESS_COST_PER_S: Mapping[Priority, float] = {
     Priority.STAT: 1000.0,
@@ -80,7 +90,8 @@ class OrderFacts(Protocol):
     """What the insertion needs to know about an order already in a route.
 
     `fleet.domain.order.Order`, `Task` and `OnboardTask` all have these attributes, so the core
-    can pass its own order table as it is.
+    can pass its own order table as it is. Optional attributes, read when present: `weight_kg`
+    (0.0 when absent) and `pinned_compartment` (None when absent), as on `Task`.
     """
 
     @property
@@ -118,7 +129,11 @@ class Insertion:
     - `stops`: that robot's new future stops with the task inserted, all times recomputed;
     - `eta`: estimated arrival at the task's drop-off (absolute seconds);
     - `pickup_eta`: estimated arrival at its pickup;
-    - `added_cost_s`: the cost the insertion adds (see the module docstring).
+    - `added_cost_s`: the cost the insertion adds (see the module docstring);
+    - `compartments`: for a robot with a compartment rule (`VehicleState.compartments`), order id
+      -> compartment index for every order on the new route and on board, recomputed for the
+      whole route by `fleet.planning.plan.assign_compartments` (known onboard compartments and
+      pinned ones kept; orders not yet picked up may move); empty for other robots.
     """
 
     robot_id: str
@@ -126,6 +141,7 @@ class Insertion:
     eta: float
     pickup_eta: float
     added_cost_s: float
+    compartments: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,14 @@ def insert_task(
     for name in _WINDOWS:
         if getattr(task, name, None) is not None:
             raise ValueError(f"task.{name}: hard time windows are not supported by the insertion")
+    if not (task.weight_kg >= 0 and math.isfinite(task.weight_kg)):
+        raise ValueError(f"task.weight_kg: must be finite and >= 0 for {task.order_id!r}")
+    if task.pinned_compartment is not None and (
+        task.pinned_robot is None or task.pinned_compartment < 0
+    ):
+        raise ValueError(
+            f"task.pinned_compartment: needs pinned_robot and must be >= 0 for {task.order_id!r}"
+        )
     if not (eta_cost_per_s >= 0 and math.isfinite(eta_cost_per_s)):
         raise ValueError("eta_cost_per_s: must be finite and >= 0")
     cache: dict[tuple[str, str, Flow, float], float] = {}
@@ -207,6 +231,8 @@ def insert_task(
             or task.quantity > v.capacity_slots
             or v.locked
             or getattr(v, "end_node", None) is not None
+            or not fits_vehicle(v, task)
+            or (task.priority is not Priority.STAT and v.charging_at(now))
         ):
             continue
         to_p = tt(v.start_node, p_node, v.flow, v.speed_m_s)
@@ -226,7 +252,7 @@ def insert_task(
             best = found
     if best is None:
         return None
-    return _build(task, routes[best.route], best, tt, now)
+    return _build(task, routes[best.route], best, tt, now, orders)
 
 
 def retime(
@@ -299,6 +325,10 @@ def _best_in_route(
     q = task.quantity
     is_drug = task.cargo_class is CargoClass.CONTROLLED_DRUG
     cap = v.capacity_slots
+    payload = None if v.max_payload_kg is None else grams(v.max_payload_kg)
+    wq = grams(task.weight_kg)
+    compartments = v.compartments
+    pinned_task = task.pinned_compartment is not None
     t0 = max(now, v.available_at)
 
     # Baseline times. legs[k]: travel into stops[k]; legs[n] = 0 (the open end).
@@ -324,14 +354,25 @@ def _best_in_route(
     load = v.onboard_load
     count = len(v.onboard)
     drugs = sum(1 for o in v.onboard if o.cargo_class is CargoClass.CONTROLLED_DRUG)
+    carried_g = v.onboard_grams
     ok = [False] * (n + 1)  # may the task be on board in that segment?
+    empty = [False] * (n + 1)  # is nothing on board in that segment? (pinned pickups)
+    after_pinned = False  # did the previous stop pick up a pinned-compartment order?
     late_items: list[tuple[int, float, float]] = []  # (stop, needed_by, weight) of drop-offs
     for k in range(n + 1):
-        ok[k] = load + q <= cap and (count == 0 if is_drug else drugs == 0)
+        ok[k] = (
+            load + q <= cap
+            and (count == 0 if is_drug else drugs == 0)
+            and (payload is None or carried_g + wq <= payload)
+            and (compartments is None or count < compartments)
+            and not after_pinned
+        )
+        empty[k] = count == 0
         if k == n:
             break
         stop = stops[k]
         sign = 1 if stop.kind is StopKind.PICKUP else -1
+        after_pinned = False
         for oid in stop.order_ids:
             facts: OrderFacts | None = orders.get(oid)
             if facts is None:
@@ -340,6 +381,9 @@ def _best_in_route(
                 raise ValueError(f"routes: order {oid!r} on robot {v.robot_id!r} is unknown")
             load += sign * facts.quantity
             count += sign
+            carried_g += sign * grams(getattr(facts, "weight_kg", 0.0))
+            if sign > 0 and getattr(facts, "pinned_compartment", None) is not None:
+                after_pinned = True
             if facts.cargo_class is CargoClass.CONTROLLED_DRUG:
                 drugs += sign
             if sign < 0 and facts.needed_by is not None:
@@ -438,7 +482,7 @@ def _best_in_route(
         # Option A: a new pickup stop before stops[i]. Right after a pickup stop at the same node
         # merging into that one is never worse; right before one too, unless the drop-off comes
         # in between.
-        if ok[i] and not (i > 0 and p_is_stop[i - 1]):
+        if ok[i] and (empty[i] or not pinned_task) and not (i > 0 and p_is_stop[i - 1]):
             to_p = tt(prev_node[i], p_node, flow, speed)
             if to_p < _INF:
                 # The drop-off right after the pickup, both before stops[i].
@@ -456,7 +500,7 @@ def _best_in_route(
                     if delay1 < _INF:
                         drops(i, i + 1, i, delay1, i, -1)
         # Option B: merge the pickup into stops[i], a pickup at the same node.
-        if p_is_stop[i]:
+        if p_is_stop[i] and (empty[i] or not pinned_task):
             drops(i + 1, i + 1, i + 1, max(0.0, sp - serv[i]), -1, i)
     return choice
 
@@ -467,6 +511,7 @@ def _build(
     choice: _Choice,
     tt: Callable[[str, str, Flow, float], float],
     now: float,
+    orders: Mapping[str, OrderFacts],
 ) -> Insertion:
     """The winner's stops, with the task inserted and every time recomputed."""
     v = route.vehicle
@@ -501,4 +546,15 @@ def _build(
                 eta = t
         t += service
         here = node
-    return Insertion(v.robot_id, tuple(stops), eta, pickup_eta, choice.cost)
+    compartments: dict[str, int] = {}
+    if v.compartments is not None:
+        pinned = {
+            order_id: c
+            for order_id, facts in orders.items()
+            if (c := getattr(facts, "pinned_compartment", None)) is not None
+        }
+        if task.pinned_compartment is not None:
+            pinned[oid] = task.pinned_compartment
+        onboard = [(o.order_id, o.compartment) for o in v.onboard]
+        compartments = assign_compartments(v.compartments, onboard, stops, pinned) or {}
+    return Insertion(v.robot_id, tuple(stops), eta, pickup_eta, choice.cost, compartments)

@@ -9,16 +9,45 @@ The cargo rules decided here, once, for every (task, vehicle) pair:
 
 - the vehicle must be allowed to carry the task's cargo class, and that class must belong to the
   vehicle's flow (clean or dirty), so clean and dirty cargo never share a load;
-- the task's quantity must fit the empty vehicle;
+- the task's quantity must fit the empty vehicle, and so must its weight (`Task.weight_kg`
+  against `VehicleState.max_payload_kg`) and its compartment (a robot with `compartments == 0`
+  takes nothing);
+- a task pinned to a robot (`Task.pinned_robot`) may only go to that robot, and a task pinned to
+  a compartment (`Task.pinned_compartment`) only to a robot that has that compartment; when the
+  robot is absent or cannot serve the task, the task has no vehicle (it is reported unassigned,
+  never given to another robot);
+- a robot whose battery model is on (`VehicleState.drain_pct_per_s > 0`) and whose battery is
+  already below its reserve takes no new task when no charger is known (`Snapshot.chargers`);
 - the vehicle must be able to reach the pickup from its start and the drop-off from the pickup in
   its flow (travel times are shortest paths, so reachability is transitive and these two checks
   are enough);
 - a vehicle whose current load already breaks a rule (mixed flows, a controlled drug sharing the
-  load, more than its capacity) is "locked": it only delivers what it has on board and takes no
-  new task, so the broken load is never made worse.
+  load, more than its capacity in slots, weight or compartments) is "locked": it only delivers
+  what it has on board and takes no new task, so the broken load is never made worse.
 
-Everything else (capacity over time, controlled drugs travelling alone, time, lateness) is modelled
-by the solver.
+Everything else (capacity over time in slots, weight and compartments, controlled drugs and
+pinned compartments, STAT-only use of a charging robot, the battery, time, lateness) is modelled
+by the solver (`fleet.planning.solver`).
+
+The hospital rules beyond the basic model (issue 3), all off by default:
+
+- weight: `Task.weight_kg` / `OnboardTask.weight_kg` against `VehicleState.max_payload_kg`
+  (None: unlimited), counted in whole grams (`grams`);
+- compartments: `VehicleState.compartments` (None: no compartment rule); every order on board
+  takes one compartment of its own (a compartment is locked for one recipient). After solving,
+  each order gets a compartment index, `Plan.compartment`; an order on board may already have
+  one (`OnboardTask.compartment`), which is kept;
+- pinning: `Task.pinned_robot`, `Task.pinned_compartment` (a controlled drug's return leg goes
+  back on the robot and in the compartment it came in). A pinned-compartment task is only picked
+  up when the robot carries nothing, so its compartment is free (a controlled drug travels alone
+  anyway); other tasks may be loaded while it is on board, into the other compartments;
+- charging and STAT: `VehicleState.charging_until` (the robot is on its charger until then):
+  only STAT tasks may use it before that time; a non-STAT task's pickup on it starts at
+  `charging_until` at the earliest;
+- battery: `VehicleState.battery_pct`, `reserve_pct`, `drain_pct_per_s` (per second of driving;
+  0, the default, disables the battery model), `charge_pct_per_s`, and the charger nodes
+  `Snapshot.chargers`: no route takes a robot below its reserve; the solver plans a charging
+  visit where one is needed (see `fleet.planning.solver`).
 
 Options beyond the hospital's defaults (all off by default, so the dispatcher's problem is
 unchanged) let the very same model serve the public benchmarks (Li & Lim PDPTW, Solomon VRPTW):
@@ -80,6 +109,18 @@ METAHEURISTICS = frozenset(
 Only GREEDY_DESCENT stops by itself at a local optimum, so only it gives the same plan for the
 same problem whatever the machine's speed; the others run until the time limit.
 """
+
+GRAMS_PER_KG = 1000
+"""Weights are modelled in whole grams (`grams`): the solver's capacities are integers."""
+
+ENERGY_UNITS_PER_PCT = 1000
+"""Battery energy is modelled in thousandths of a percent (integers in the solver)."""
+
+
+def grams(weight_kg: float) -> int:
+    """A weight in kilograms as whole grams (rounded to the nearest), as every rule counts it."""
+    return round(weight_kg * GRAMS_PER_KG)
+
 
 FIRST_SOLUTION_STRATEGIES = frozenset(
     {
@@ -228,6 +269,21 @@ class Task:
     starting there may serve the task, which has no pickup stop (a depot delivery, as in VRPTW;
     the pickup window and service time are ignored). The robot's start load is what it has on
     board plus the loaded-at-start tasks its route delivers."""
+    weight_kg: float = 0.0
+    """The load's weight (kg, finite, >= 0), counted against `VehicleState.max_payload_kg` along
+    the route, in whole grams (`grams`). 0 (the default): weightless, as before."""
+    pinned_robot: str | None = None
+    """Only the robot with this id may serve the task (a controlled drug's return leg stays on the
+    robot that brought it). If that robot is not in the snapshot or may not serve the task (cargo,
+    capacity, reachability, ...), the task gets no vehicle and is reported unassigned: it is
+    never handed to another robot. None (the default): any robot."""
+    pinned_compartment: int | None = None
+    """The task must ride in this compartment (index from 0) of `pinned_robot`, which it needs;
+    the pinned robot must have `compartments` greater than the index, else the task gets no
+    vehicle. Nothing else occupies that compartment while the task is on board: the task is only
+    picked up when the robot carries nothing (a controlled drug travels alone anyway), and
+    whatever is loaded while it is on board goes into other compartments. Not combinable with
+    `loaded_at_start`. None (the default): any compartment."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +297,13 @@ class OnboardTask:
     priority: Priority
     needed_by: float | None
     dropoff_service_s: float
+    weight_kg: float = 0.0
+    """The load's weight (kg, finite, >= 0); see `Task.weight_kg`."""
+    compartment: int | None = None
+    """The compartment (index from 0) it is in, when known; the compartment assignment keeps it
+    (`Plan.compartment`). Ignored for a robot without a compartment rule (`compartments` None).
+    Two orders on one robot may not name the same compartment. None: not known yet (the plan
+    assigns one)."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +316,8 @@ class VehicleState:
     `end_node`: None (the default) leaves the route open (it ends at the last drop-off); a node
     makes the robot return there, arriving within [`end_earliest`, `end_latest`] (absolute
     seconds, None: no bound). `fixed_cost` is added to the objective when the robot is used.
+
+    The hospital rules' fields (defaults keep them off) are documented one by one below.
     """
 
     robot_id: str
@@ -267,6 +332,29 @@ class VehicleState:
     end_earliest: float | None = None
     end_latest: float | None = None
     fixed_cost: int = 0
+    max_payload_kg: float | None = None
+    """The most weight (kg) the robot may carry at once; None (the default): unlimited. A task
+    heavier than this gets no vehicle; the load's weight never exceeds it along the route."""
+    compartments: int | None = None
+    """How many lockable compartments the robot has; each order on board takes one of its own.
+    None (the default): no compartment rule and no compartment assignment. With a number, the
+    plan assigns each order on the robot a compartment index in [0, compartments)
+    (`Plan.compartment`)."""
+    charging_until: float | None = None
+    """The robot is on its charger until this absolute time (seconds): only STAT tasks may use it
+    before then (STAT pre-empts charging); a non-STAT task's pickup on this robot starts at
+    `charging_until` at the earliest. None (the default), or a time not after `now`: not
+    charging. (A parked or idle robot is an ordinary available robot.)"""
+    battery_pct: float = 100.0
+    """State of charge now (percent, 0-100). Only used when `drain_pct_per_s > 0`."""
+    reserve_pct: float = 0.0
+    """The plan never takes the robot below this state of charge (percent, 0-100)."""
+    drain_pct_per_s: float = 0.0
+    """Battery used per second of driving (percent per second, travel time only, not service).
+    0 (the default) switches the battery model off for this robot."""
+    charge_pct_per_s: float = 0.0
+    """Charging speed at a charger (percent per second). 0: the robot cannot be charged by the
+    plan (no charging visit is planned for it)."""
 
     @property
     def onboard_load(self) -> int:
@@ -274,18 +362,37 @@ class VehicleState:
         return sum(o.quantity for o in self.onboard)
 
     @property
+    def onboard_grams(self) -> int:
+        """Weight of what is on board, in whole grams (see `grams`)."""
+        return sum(grams(o.weight_kg) for o in self.onboard)
+
+    @property
+    def battery_modelled(self) -> bool:
+        """True when the battery rule applies to this robot (`drain_pct_per_s > 0`)."""
+        return self.drain_pct_per_s > 0
+
+    @property
     def locked(self) -> bool:
         """True when the load on board already breaks a cargo rule, so nothing may be added.
 
         That is: cargo of the other flow, a controlled drug together with anything else, or more
-        than the capacity. Such a robot still delivers what it has.
+        than the capacity (slots, weight or compartments). Such a robot still delivers what it
+        has.
         """
         if any(flow_of(o.cargo_class) is not self.flow for o in self.onboard):
             return True
         has_drug = any(o.cargo_class is CargoClass.CONTROLLED_DRUG for o in self.onboard)
         if has_drug and len(self.onboard) > 1:
             return True
+        if self.max_payload_kg is not None and self.onboard_grams > grams(self.max_payload_kg):
+            return True
+        if self.compartments is not None and len(self.onboard) > self.compartments:
+            return True
         return self.onboard_load > self.capacity_slots
+
+    def charging_at(self, now: float) -> bool:
+        """True when the robot is on its charger at `now` (only STAT may use it)."""
+        return self.charging_until is not None and self.charging_until > now
 
 
 @dataclass(frozen=True)
@@ -295,6 +402,10 @@ class Snapshot:
     now: float
     vehicles: tuple[VehicleState, ...]
     tasks: tuple[Task, ...]
+    chargers: tuple[str, ...] = ()
+    """Building nodes where a robot can charge; the plan sends robots whose battery would fall
+    below their reserve to one of them (see `VehicleState.drain_pct_per_s`). Empty (the default):
+    no charging visit is planned."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +430,8 @@ class Problem:
     - `span_cost`: cost per time unit of the fleet's makespan (None: the solver's default,
       `GLOBAL_SPAN_COST`); lateness costs are per time unit too.
     - `search`: see `SearchConfig`.
+    - `chargers`: the snapshot's charger nodes (each one of `locations` when some robot has the
+      battery model on; empty otherwise).
     """
 
     now: float
@@ -334,6 +447,7 @@ class Problem:
     distance: tuple[tuple[tuple[int, ...], ...], ...] | None = None
     span_cost: int | None = None
     search: SearchConfig = SearchConfig()
+    chargers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.metaheuristic not in METAHEURISTICS:
@@ -408,7 +522,9 @@ def build_problem(
     unreachable = 10 * horizon
     vehicles = snapshot.vehicles
 
-    locations = _distinct_locations(snapshot)
+    battery = any(v.battery_modelled for v in vehicles)
+    chargers = tuple(dict.fromkeys(snapshot.chargers)) if battery else ()
+    locations = _distinct_locations(snapshot, chargers)
     classes: list[tuple[Flow, float]] = []
     vehicle_class: list[int] = []
     for v in vehicles:
@@ -437,6 +553,8 @@ def build_problem(
             matrix = travel_s[vehicle_class[vi]]
             if (
                 _may_carry(v, task.cargo_class, task.quantity)
+                and fits_vehicle(v, task)
+                and (not v.battery_modelled or v.battery_pct >= v.reserve_pct or chargers)
                 and (not task.loaded_at_start or v.start_node == task.pickup_node)
                 and matrix[where[v.start_node]][pickup] < unreachable
                 and matrix[pickup][dropoff] < unreachable
@@ -458,7 +576,23 @@ def build_problem(
         distance=costs,
         span_cost=span_cost,
         search=search if search is not None else SearchConfig(),
+        chargers=chargers,
     )
+
+
+def fits_vehicle(vehicle: VehicleState, task: Task) -> bool:
+    """The static hospital rules for one (vehicle, task) pair: weight, compartments, pinning.
+
+    (The cargo rules are separate; `fleet.planning.insertion` applies both, like
+    `build_problem`.)"""
+    if task.pinned_robot is not None and task.pinned_robot != vehicle.robot_id:
+        return False
+    if vehicle.max_payload_kg is not None and grams(task.weight_kg) > grams(vehicle.max_payload_kg):
+        return False
+    if vehicle.compartments is not None and vehicle.compartments < 1:
+        return False
+    pinned = task.pinned_compartment
+    return pinned is None or (vehicle.compartments is not None and pinned < vehicle.compartments)
 
 
 def _windows_open(task: Task, now: float) -> bool:
@@ -485,8 +619,10 @@ def _may_carry(vehicle: VehicleState, cargo: CargoClass, quantity: int) -> bool:
     )
 
 
-def _distinct_locations(snapshot: Snapshot) -> tuple[str, ...]:
-    """Every building node the problem touches, once, in first-seen order (deterministic)."""
+def _distinct_locations(snapshot: Snapshot, chargers: tuple[str, ...]) -> tuple[str, ...]:
+    """Every building node the problem touches, once, in first-seen order (deterministic).
+
+    The chargers come last, so that without a battery model the locations are as they were."""
     seen: dict[str, None] = {}
     for v in snapshot.vehicles:
         seen.setdefault(v.start_node)
@@ -498,6 +634,8 @@ def _distinct_locations(snapshot: Snapshot) -> tuple[str, ...]:
     for v in snapshot.vehicles:
         if v.end_node is not None:
             seen.setdefault(v.end_node)
+    for node in chargers:
+        seen.setdefault(node)
     return tuple(seen)
 
 
@@ -540,18 +678,52 @@ def _distance_matrix(
     return tuple(rows)
 
 
+def _validate_vehicle_rules(v: VehicleState) -> None:
+    """The hospital rules' vehicle fields: payload, compartments, charging, battery."""
+    rid = v.robot_id
+    if v.max_payload_kg is not None and not (
+        v.max_payload_kg >= 0 and math.isfinite(v.max_payload_kg)
+    ):
+        raise ValueError(f"vehicles.max_payload_kg: must be finite and >= 0 for {rid!r}")
+    if v.compartments is not None:
+        if v.compartments < 0:
+            raise ValueError(f"vehicles.compartments: must be >= 0 for {rid!r}")
+        known = [o.compartment for o in v.onboard if o.compartment is not None]
+        for c in known:
+            if not 0 <= c < v.compartments:
+                raise ValueError(
+                    f"vehicles.onboard.compartment: {c} is not a compartment of {rid!r}"
+                )
+        if len(set(known)) != len(known):
+            raise ValueError(f"vehicles.onboard.compartment: two orders share one on {rid!r}")
+    if v.charging_until is not None and math.isnan(v.charging_until):
+        raise ValueError(f"vehicles.charging_until: is NaN for {rid!r}")
+    for name in ("battery_pct", "reserve_pct"):
+        value = getattr(v, name)
+        if not 0 <= value <= 100:
+            raise ValueError(f"vehicles.{name}: must be within [0, 100] for {rid!r}")
+    for name in ("drain_pct_per_s", "charge_pct_per_s"):
+        value = getattr(v, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"vehicles.{name}: must be finite and >= 0 for {rid!r}")
+
+
 def _validate(snapshot: Snapshot) -> None:
     robot_ids = [v.robot_id for v in snapshot.vehicles]
     if len(set(robot_ids)) != len(robot_ids):
         raise ValueError("vehicles.robot_id: duplicate robot id")
     order_ids: set[str] = set()
 
-    def check_order(field: str, order_id: str, quantity: int, service: tuple[float, ...]) -> None:
+    def check_order(
+        field: str, order_id: str, quantity: int, service: tuple[float, ...], weight: float
+    ) -> None:
         if order_id in order_ids:
             raise ValueError(f"{field}.order_id: duplicate order id {order_id!r}")
         order_ids.add(order_id)
         if quantity < 1:
             raise ValueError(f"{field}.quantity: must be at least 1 for {order_id!r}")
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"{field}.weight_kg: must be finite and >= 0 for {order_id!r}")
         if any(not (s >= 0 and math.isfinite(s)) for s in service):
             raise ValueError(f"{field}: service times must be finite and >= 0 for {order_id!r}")
 
@@ -570,10 +742,32 @@ def _validate(snapshot: Snapshot) -> None:
         check_window(f"vehicles.end_latest of {v.robot_id!r}", v.end_earliest, v.end_latest)
         if v.capacity_slots < 0:
             raise ValueError(f"vehicles.capacity_slots: must be >= 0 for {v.robot_id!r}")
+        _validate_vehicle_rules(v)
         for o in v.onboard:
-            check_order("vehicles.onboard", o.order_id, o.quantity, (o.dropoff_service_s,))
+            check_order(
+                "vehicles.onboard", o.order_id, o.quantity, (o.dropoff_service_s,), o.weight_kg
+            )
+    for node in snapshot.chargers:
+        if not node:
+            raise ValueError("chargers: empty node name")
     for t in snapshot.tasks:
-        check_order("tasks", t.order_id, t.quantity, (t.pickup_service_s, t.dropoff_service_s))
+        check_order(
+            "tasks",
+            t.order_id,
+            t.quantity,
+            (t.pickup_service_s, t.dropoff_service_s),
+            t.weight_kg,
+        )
+        if t.pinned_compartment is not None:
+            if t.pinned_compartment < 0:
+                raise ValueError(f"tasks.pinned_compartment: must be >= 0 for {t.order_id!r}")
+            if t.pinned_robot is None:
+                raise ValueError(f"tasks.pinned_compartment: needs pinned_robot for {t.order_id!r}")
+            if t.loaded_at_start:
+                raise ValueError(
+                    f"tasks.pinned_compartment: not supported with loaded_at_start for "
+                    f"{t.order_id!r}"
+                )
         check_window(f"tasks.pickup_latest of {t.order_id!r}", t.pickup_earliest, t.pickup_latest)
         check_window(
             f"tasks.dropoff_latest of {t.order_id!r}", t.dropoff_earliest, t.dropoff_latest

@@ -26,6 +26,14 @@ Model (see `solve` for the search):
   order 1, capacity `M`, where `M` exceeds the number of orders. A lone controlled drug fits
   (M <= M); a drug plus anything else (M + 1) or two drugs (2M) do not; any number of other
   orders (< M) does. So a controlled-drug trip carries nothing else.
+- "weight" (only when some robot has `max_payload_kg` and some order weighs something): like
+  "slots", in whole grams; a robot without a payload limit gets a capacity nothing exceeds.
+- "compartments" (only when some robot has `compartments`): +1 at each pickup, -1 at each
+  delivery, capacity the number of compartments, start at the number of orders on board. A
+  task pinned to a compartment (`Task.pinned_compartment`) is only picked up by an empty robot
+  (its cumul on arrival at the pickup is 0), so its compartment is free; after solving,
+  `fleet.planning.plan.assign_compartments` colours each route (left-edge, exact for intervals)
+  into `Plan.compartment`.
 - Clean/dirty hygiene needs no dimension: a task is only allowed on vehicles of its own flow, and
   vehicles whose load already mixes flows take no new task (see `fleet.planning.problem`).
 - Pickup and delivery: `AddPickupAndDelivery`, same vehicle, pickup cumul <= delivery cumul.
@@ -67,8 +75,8 @@ from ortools.util import optional_boolean_pb2
 
 from fleet.domain.cargo import CargoClass
 from fleet.domain.priority import Priority
-from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind
-from fleet.planning.problem import Problem, SearchConfig
+from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind, assign_compartments
+from fleet.planning.problem import Problem, SearchConfig, grams
 
 LATENESS_COST_PER_S = {Priority.STAT: 1000, Priority.URGENT: 100, Priority.ROUTINE: 10}
 """Cost per second late against `needed_by` (a travel second costs 1): base 10 x 100/10/1."""
@@ -93,6 +101,8 @@ class _Node:
     order_id: str = ""
     kind: StopKind | None = None
     window: tuple[float | None, float | None] = (None, None)  # hard, absolute seconds
+    grams: int = 0  # weight: + at pickup, - at delivery
+    count: int = 0  # compartments: +1 at pickup, -1 at delivery
 
     @property
     def key(self) -> tuple[str, StopKind | None]:
@@ -165,6 +175,8 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
                     t.order_id,
                     StopKind.PICKUP,
                     (t.pickup_earliest, t.pickup_latest),
+                    grams(t.weight_kg),
+                    1,
                 )
             )
         nodes.append(
@@ -177,6 +189,8 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
                 t.order_id,
                 StopKind.DROPOFF,
                 (t.dropoff_earliest, t.dropoff_latest),
+                -grams(t.weight_kg),
+                -1,
             )
         )
     for v in problem.vehicles:
@@ -190,6 +204,9 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
                     -weight(o.cargo_class),
                     o.order_id,
                     StopKind.DROPOFF,
+                    (None, None),
+                    -grams(o.weight_kg),
+                    -1,
                 )
             )
     # Closed routes: one end node per vehicle that returns somewhere (last, after the onboard
@@ -332,6 +349,9 @@ def _build_model(
         for v, w in enumerate(weights):
             _start_load(routing, cd_mix, v, w, max(drug, w), preloaded)
 
+    keep: list[object] = [transit, cost, slots_cb]
+    keep.extend(_weight_and_compartments(problem, nodes, manager, routing, preloaded))
+
     served = [k for k, allowed in enumerate(problem.allowed_vehicles) if allowed]
     for k, (p_node, d_node) in zip(served, pairs, strict=True):
         task = problem.tasks[k]
@@ -363,7 +383,56 @@ def _build_model(
             _lateness(problem, time, index, order.needed_by, order.priority)
     for v in disabled:
         routing.NextVar(routing.Start(v)).SetValue(routing.End(v))
-    return _Model(manager, routing, time, [transit, cost, slots_cb])
+    return _Model(manager, routing, time, keep)
+
+
+def _weight_and_compartments(
+    problem: Problem,
+    nodes: Sequence[_Node],
+    manager: pywrapcp.RoutingIndexManager,
+    routing: pywrapcp.RoutingModel,
+    preloaded: bool,
+) -> list[object]:
+    """The "weight" (grams) and "compartments" (one per order) load dimensions, when used.
+
+    Only added when some robot has the rule (so plans without it are exactly as before). A robot
+    without the rule gets a capacity nothing can exceed. A robot whose load already exceeds its
+    capacity is locked (takes no new task, see `fleet.planning.problem`) and gets room for what
+    it carries, as for the slots. A task pinned to a compartment is only picked up by an empty
+    robot: its compartment count on arrival at the pickup is 0 (see `Task.pinned_compartment`).
+    """
+    vehicles = problem.vehicles
+    keep: list[object] = []
+    weighed = any(v.max_payload_kg is not None for v in vehicles)
+    if weighed and any(n.grams for n in nodes):
+        total = sum(n.grams for n in nodes if n.grams > 0) + sum(v.onboard_grams for v in vehicles)
+        callback = routing.RegisterUnaryTransitVector([n.grams for n in nodes])
+        keep.append(callback)
+        capacities = [
+            max(total if v.max_payload_kg is None else grams(v.max_payload_kg), v.onboard_grams)
+            for v in vehicles
+        ]
+        routing.AddDimensionWithVehicleCapacity(callback, 0, capacities, False, "weight")
+        dimension = routing.GetDimensionOrDie("weight")
+        for v, vehicle in enumerate(vehicles):
+            _start_load(routing, dimension, v, vehicle.onboard_grams, capacities[v], preloaded)
+    if any(v.compartments is not None for v in vehicles) and any(n.count for n in nodes):
+        orders = sum(1 for n in nodes if n.count < 0)
+        callback = routing.RegisterUnaryTransitVector([n.count for n in nodes])
+        keep.append(callback)
+        capacities = [
+            max(orders if v.compartments is None else v.compartments, len(v.onboard))
+            for v in vehicles
+        ]
+        routing.AddDimensionWithVehicleCapacity(callback, 0, capacities, False, "compartments")
+        dimension = routing.GetDimensionOrDie("compartments")
+        for v, vehicle in enumerate(vehicles):
+            _start_load(routing, dimension, v, len(vehicle.onboard), capacities[v], preloaded)
+        pinned = {t.order_id for t in problem.tasks if t.pinned_compartment is not None}
+        for node, n in enumerate(nodes):
+            if n.kind is StopKind.PICKUP and n.order_id in pinned:
+                dimension.CumulVar(manager.NodeToIndex(node)).SetValue(0)
+    return keep
 
 
 def _start_load(
@@ -547,6 +616,7 @@ def _solve_restricted(
         tuple(t.order_id for t in problem.tasks if t.order_id not in sub_plan.assignment),
         sub_plan.eta,
         sub_plan.cost,
+        sub_plan.compartment,
     )
     return result, plan
 
@@ -647,11 +717,41 @@ def _extract(
         routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops, end_arrival)
         eta.update(_etas(stops))
     unassigned = tuple(t.order_id for t in problem.tasks if t.order_id not in on_route)
-    return Plan(routes, unassigned, eta, solution.ObjectiveValue())
+    return Plan(routes, unassigned, eta, solution.ObjectiveValue(), _compartments(problem, routes))
+
+
+def _compartments(problem: Problem, routes: dict[str, RoutePlan]) -> dict[str, tuple[str, int]]:
+    """Order id -> (robot id, compartment) for the robots with a compartment rule.
+
+    A robot whose load already breaks the compartment rule (more orders or duplicate
+    compartments on board) is left out: no assignment exists.
+    """
+    tasks = {t.order_id: t for t in problem.tasks}
+    pinned = {
+        t.order_id: t.pinned_compartment for t in problem.tasks if t.pinned_compartment is not None
+    }
+    result: dict[str, tuple[str, int]] = {}
+    for vehicle in problem.vehicles:
+        if vehicle.compartments is None:
+            continue
+        route = routes[vehicle.robot_id]
+        onboard: list[tuple[str, int | None]] = [
+            (o.order_id, o.compartment) for o in vehicle.onboard
+        ]
+        onboard.extend(  # loaded at the start: on board from the start, no pickup stop
+            (order_id, None)
+            for order_id in route.order_ids
+            if order_id in tasks and tasks[order_id].loaded_at_start
+        )
+        found = assign_compartments(vehicle.compartments, onboard, route.stops, pinned)
+        if found is not None:
+            result.update((oid, (vehicle.robot_id, c)) for oid, c in found.items())
+    return result
 
 
 def _merge(problem: Problem, visits: list[tuple[_Node, float]]) -> tuple[Stop, ...]:
-    """Consecutive visits of one kind to one building node become one stop.
+    """Consecutive visits of one kind to one building node become one stop (unless the later
+    visit arrives after the stop's departure, i.e. it waited).
 
     The stop's arrival is the first visit's; its departure is arrival + the longest service time
     among the merged orders (one docking, items handled together). The model itself charges the
@@ -662,7 +762,14 @@ def _merge(problem: Problem, visits: list[tuple[_Node, float]]) -> tuple[Stop, .
         assert node.kind is not None  # starts and the end depot are never visited mid-route
         name = problem.locations[node.location]
         last = stops[-1] if stops else None
-        if last is not None and last.node == name and last.kind is node.kind:
+        # A visit after a wait (a window, a charging robot's start) is a stop of its own, so
+        # that its arrival is not hidden behind the first visit's.
+        if (
+            last is not None
+            and last.node == name
+            and last.kind is node.kind
+            and arrival <= last.departure + 1e-9
+        ):
             service = max(last.departure - last.arrival, node.service_exact_s)
             stops[-1] = Stop(
                 name,
@@ -716,7 +823,7 @@ def _plan_without_solver(problem: Problem, *, onboard: bool) -> Plan:
         routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops)
         eta.update(_etas(stops))
     unassigned = tuple(t.order_id for t in problem.tasks)
-    return Plan(routes, unassigned, eta, cost)
+    return Plan(routes, unassigned, eta, cost, _compartments(problem, routes))
 
 
 def _etas(stops: Sequence[Stop]) -> dict[str, float]:
