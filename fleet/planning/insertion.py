@@ -21,9 +21,12 @@ The cargo rules are the solver's (see `fleet.planning.problem`):
   task is on board when a pinned task already in the route is picked up (the solver's rule, so
   that the pinned compartment is free); `Insertion.compartments` gives the new route's
   compartment assignment;
-- STAT pre-empts charging: a robot on its charger (`VehicleState.charging_until` after `now`)
-  only takes STAT tasks. (The full solve may also give it a non-STAT task picked up after
-  `charging_until`; the insertion has no waiting, so it leaves such robots out.)
+- STAT pre-empts charging: on a robot still on its charger (`VehicleState.charging_until` after
+  `now`) a pickup stop loading a non-STAT order starts at `charging_until` at the earliest (the
+  robot waits), as in the solver; STAT orders are picked up at once. Such robots are searched by
+  simulating every candidate from scratch (`_best_in_route_exact`, O(n^3) in the route's
+  stops), since a wait absorbs delays and breaks the incremental bookkeeping below; they are
+  few (only robots on their charger).
 
 The cost of a candidate, in the solver's units (one second of robot time costs 1):
 
@@ -40,7 +43,8 @@ its stops in order; arrival = previous departure + travel, departure = arrival +
 service. The service of an existing stop is taken from the plan (`departure - arrival`); a task
 merged into an existing stop at the same node and of the same kind makes it
 `max(old service, task's service)` (one docking, items handled together, as in the solver).
-There is no waiting: no time windows open later than now.
+There is no waiting (no time windows open later than now), except on a robot still charging
+(see the rules above).
 
 Scope: the dispatcher's problem, i.e. open routes and soft deadlines. The options `build_problem`
 has for the public benchmarks are not modelled: a task with hard time windows
@@ -59,6 +63,7 @@ Pure: standard library and the planning types only (no clock, no I/O, no OR-Tool
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,14 +237,14 @@ def insert_task(
             or v.locked
             or getattr(v, "end_node", None) is not None
             or not fits_vehicle(v, task)
-            or (task.priority is not Priority.STAT and v.charging_at(now))
         ):
             continue
         to_p = tt(v.start_node, p_node, v.flow, v.speed_m_s)
         p_to_d = tt(p_node, d_node, v.flow, v.speed_m_s)
         if to_p == _INF or p_to_d == _INF:
             continue
-        earliest = max(now, v.available_at) + to_p + task.pickup_service_s + p_to_d
+        at_p = max(max(now, v.available_at) + to_p, _charging_wait(v, now, task.priority))
+        earliest = at_p + task.pickup_service_s + p_to_d
         candidates.append((delivery_cost(earliest), index))
     candidates.sort()
 
@@ -247,7 +252,8 @@ def insert_task(
     for bound, index in candidates:
         if best is not None and bound >= best.cost:
             break
-        found = _best_in_route(task, routes[index], index, tt, now, orders, delivery_cost, best)
+        search = _best_in_route_exact if routes[index].vehicle.charging_at(now) else _best_in_route
+        found = search(task, routes[index], index, tt, now, orders, delivery_cost, best)
         if found is not None:
             best = found
     if best is None:
@@ -499,8 +505,9 @@ def _best_in_route(
                     delay1 = to_p + sp + tt(p_node, nodes[i], flow, speed) - legs[i]
                     if delay1 < _INF:
                         drops(i, i + 1, i, delay1, i, -1)
-        # Option B: merge the pickup into stops[i], a pickup at the same node.
-        if p_is_stop[i] and (empty[i] or not pinned_task):
+        # Option B: merge the pickup into stops[i], a pickup at the same node. (A pinned task
+        # never merges: the stop's own orders would be loaded before it.)
+        if p_is_stop[i] and not pinned_task:
             drops(i + 1, i + 1, i + 1, max(0.0, sp - serv[i]), -1, i)
     return choice
 
@@ -515,9 +522,47 @@ def _build(
 ) -> Insertion:
     """The winner's stops, with the task inserted and every time recomputed."""
     v = route.vehicle
-    # (node, kind, order ids, service) per stop; drop-off first so the pickup index still holds.
-    items = [(s.node, s.kind, s.order_ids, _service(s)) for s in route.stops]
     oid = task.order_id
+    items = _apply(task, route.stops, choice)
+    facts = _facts(task, v, orders)
+    t = max(now, v.available_at)
+    here = v.start_node
+    stops: list[Stop] = []
+    eta = pickup_eta = _INF
+    for node, kind, ids, service in items:
+        t += tt(here, node, v.flow, v.speed_m_s)
+        if kind is StopKind.PICKUP:
+            t = max(t, _stop_wait(v, now, ids, facts))
+        stops.append(Stop(node, kind, ids, t, t + service))
+        if oid in ids:
+            if kind is StopKind.PICKUP:
+                pickup_eta = t
+            else:
+                eta = t
+        t += service
+        here = node
+    compartments: dict[str, int] = {}
+    if v.compartments is not None:
+        pinned = {
+            order_id: c
+            for order_id, facts_ in orders.items()
+            if (c := getattr(facts_, "pinned_compartment", None)) is not None
+        }
+        if task.pinned_compartment is not None:
+            pinned[oid] = task.pinned_compartment
+        onboard = [(o.order_id, o.compartment) for o in v.onboard]
+        compartments = assign_compartments(v.compartments, onboard, stops, pinned) or {}
+    return Insertion(v.robot_id, tuple(stops), eta, pickup_eta, choice.cost, compartments)
+
+
+_Item = tuple[str, StopKind, tuple[str, ...], float]  # node, kind, order ids, service
+
+
+def _apply(task: Task, stops: Sequence[Stop], choice: _Choice) -> list[_Item]:
+    """The route's stops as items with the task inserted where `choice` says."""
+    items = [(s.node, s.kind, s.order_ids, _service(s)) for s in stops]
+    oid = task.order_id
+    # The drop-off first, so that the pickup's index (into the original stops) still holds.
     if choice.drop_merge >= 0:
         node, kind, ids, service = items[choice.drop_merge]
         items[choice.drop_merge] = (node, kind, (*ids, oid), max(service, task.dropoff_service_s))
@@ -532,29 +577,173 @@ def _build(
         items.insert(
             choice.pickup_gap, (task.pickup_node, StopKind.PICKUP, (oid,), task.pickup_service_s)
         )
+    return items
+
+
+def _facts(task: Task, v: VehicleState, orders: Mapping[str, OrderFacts]) -> _FactsOf:
+    """Order id -> its facts: the new task, the routes' orders, then what is on board."""
+    onboard = {o.order_id: o for o in v.onboard}
+
+    def facts_of(order_id: str) -> OrderFacts:
+        if order_id == task.order_id:
+            return task
+        found: OrderFacts | None = orders.get(order_id)
+        if found is None:
+            found = onboard.get(order_id)
+        if found is None:
+            raise ValueError(f"routes: order {order_id!r} on robot {v.robot_id!r} is unknown")
+        return found
+
+    return facts_of
+
+
+_FactsOf = Callable[[str], OrderFacts]
+
+
+def _charging_wait(v: VehicleState, now: float, priority: Priority) -> float:
+    """The earliest a pickup of `priority` may start on `v`: `charging_until` unless STAT."""
+    if priority is Priority.STAT or not v.charging_at(now):
+        return -_INF
+    assert v.charging_until is not None  # charging_at says so
+    return v.charging_until
+
+
+def _stop_wait(v: VehicleState, now: float, ids: Sequence[str], facts: _FactsOf) -> float:
+    """The earliest a pickup stop loading `ids` may start on `v` (see `_charging_wait`)."""
+    if not v.charging_at(now):
+        return -_INF
+    return max((_charging_wait(v, now, facts(oid).priority) for oid in ids), default=-_INF)
+
+
+def _walk(
+    v: VehicleState,
+    items: Sequence[_Item],
+    tt: Callable[[str, str, Flow, float], float],
+    now: float,
+    facts: _FactsOf,
+) -> tuple[list[float], float] | None:
+    """Arrival at each item and the end time, with every rule checked from scratch; None when a
+    rule is broken: slots, weight, compartments, a controlled drug alone, a pinned compartment
+    loaded into an empty robot, the battery reserve, or an unreachable stop. Pickups of non-STAT
+    orders on a charging robot wait until `charging_until`."""
     t = max(now, v.available_at)
     here = v.start_node
-    stops: list[Stop] = []
-    eta = pickup_eta = _INF
+    aboard: dict[str, OrderFacts] = {o.order_id: o for o in v.onboard}
+    battery = v.battery_pct
+    payload = None if v.max_payload_kg is None else grams(v.max_payload_kg)
+    arrivals: list[float] = []
     for node, kind, ids, service in items:
-        t += tt(here, node, v.flow, v.speed_m_s)
-        stops.append(Stop(node, kind, ids, t, t + service))
-        if oid in ids:
-            if kind is StopKind.PICKUP:
-                pickup_eta = t
-            else:
-                eta = t
+        leg = tt(here, node, v.flow, v.speed_m_s)
+        if leg == _INF:
+            return None
+        t += leg
+        if v.battery_modelled:
+            battery -= v.drain_pct_per_s * leg
+            if battery < v.reserve_pct - 1e-9:
+                return None
+        if kind is StopKind.PICKUP:
+            t = max(t, _stop_wait(v, now, ids, facts))
+            for oid in ids:
+                if aboard and getattr(facts(oid), "pinned_compartment", None) is not None:
+                    return None  # loaded in stop order, as the solver's rule has it
+                aboard[oid] = facts(oid)
+        elif kind is StopKind.DROPOFF:
+            for oid in ids:
+                aboard.pop(oid, None)
+        else:  # CHARGE
+            battery = min(100.0, battery + v.charge_pct_per_s * service)
+        arrivals.append(t)
         t += service
         here = node
-    compartments: dict[str, int] = {}
-    if v.compartments is not None:
-        pinned = {
-            order_id: c
-            for order_id, facts in orders.items()
-            if (c := getattr(facts, "pinned_compartment", None)) is not None
-        }
-        if task.pinned_compartment is not None:
-            pinned[oid] = task.pinned_compartment
-        onboard = [(o.order_id, o.compartment) for o in v.onboard]
-        compartments = assign_compartments(v.compartments, onboard, stops, pinned) or {}
-    return Insertion(v.robot_id, tuple(stops), eta, pickup_eta, choice.cost, compartments)
+        loaded = aboard.values()
+        if (
+            sum(f.quantity for f in loaded) > v.capacity_slots
+            or (payload is not None and sum(_grams(f) for f in loaded) > payload)
+            or (v.compartments is not None and len(aboard) > v.compartments)
+            or (
+                len(aboard) > 1 and any(f.cargo_class is CargoClass.CONTROLLED_DRUG for f in loaded)
+            )
+        ):
+            return None
+    return arrivals, t
+
+
+def _grams(facts: OrderFacts) -> int:
+    return grams(getattr(facts, "weight_kg", 0.0))
+
+
+def _best_in_route_exact(
+    task: Task,
+    route: VehicleRoute,
+    route_index: int,
+    tt: Callable[[str, str, Flow, float], float],
+    now: float,
+    orders: Mapping[str, OrderFacts],
+    delivery_cost: Callable[[float], float],
+    best: _Choice | None,
+) -> _Choice | None:
+    """Like `_best_in_route`, by simulating every candidate from scratch (`_walk`).
+
+    O(n^3) for n stops, so only used for robots `_best_in_route` cannot model: a robot on its
+    charger, whose non-STAT pickups wait until `charging_until` (a wait absorbs delays, which
+    the incremental bookkeeping of `_best_in_route` does not).
+    """
+    v = route.vehicle
+    stops = route.stops
+    n = len(stops)
+    facts = _facts(task, v, orders)
+    base_items = [(s.node, s.kind, s.order_ids, _service(s)) for s in stops]
+    base = _walk(v, base_items, tt, now, facts)
+    if base is None:
+        return None  # the plan already breaks a rule for this robot; leave it to the solver
+    base_late = _others_lateness(base_items, base[0], facts, task.order_id)
+    best_cost = best.cost if best is not None else _INF
+    choice: _Choice | None = None
+    p_node, d_node = task.pickup_node, task.dropoff_node
+    pickups = [(i, -1) for i in range(n + 1)]
+    pickups += [
+        (-1, k) for k in range(n) if stops[k].kind is StopKind.PICKUP and stops[k].node == p_node
+    ]
+    for gap, merge in pickups:
+        after = gap if merge < 0 else merge + 1  # the drop-off goes at or after this stop
+        drops = [(j, -1) for j in range(after, n + 1)]
+        drops += [
+            (-1, m)
+            for m in range(after, n)
+            if stops[m].kind is StopKind.DROPOFF and stops[m].node == d_node
+        ]
+        for drop_gap, drop_merge in drops:
+            trial = _Choice(0.0, route_index, gap, merge, drop_gap, drop_merge, 0.0)
+            items = _apply(task, stops, trial)
+            walked = _walk(v, items, tt, now, facts)
+            if walked is None:
+                continue
+            arrivals, end = walked
+            eta = next(
+                a
+                for a, (_, kind, ids, _) in zip(arrivals, items, strict=True)
+                if kind is StopKind.DROPOFF and task.order_id in ids
+            )
+            late = _others_lateness(items, arrivals, facts, task.order_id)
+            cost = (end - base[1]) + (late - base_late) + delivery_cost(eta)
+            if cost < best_cost:
+                best_cost = cost
+                choice = dataclasses.replace(trial, cost=cost, eta=eta)
+    return choice
+
+
+def _others_lateness(
+    items: Sequence[_Item], arrivals: Sequence[float], facts: _FactsOf, skip: str
+) -> float:
+    """Weighted lateness of every drop-off on the route but `skip`'s."""
+    total = 0.0
+    for (_, kind, ids, _), arrival in zip(items, arrivals, strict=True):
+        if kind is not StopKind.DROPOFF:
+            continue
+        for oid in ids:
+            if oid == skip:
+                continue
+            f = facts(oid)
+            if f.needed_by is not None and arrival > f.needed_by:
+                total += LATENESS_COST_PER_S[f.priority] * (arrival - f.needed_by)
+    return total

@@ -34,6 +34,9 @@ Model (see `solve` for the search):
   (its cumul on arrival at the pickup is 0), so its compartment is free; after solving,
   `fleet.planning.plan.assign_compartments` colours each route (left-edge, exact for intervals)
   into `Plan.compartment`.
+- STAT pre-empts charging: a non-STAT task's pickup on a robot still on its charger
+  (`VehicleState.charging_until` after `now`) starts at `charging_until` at the earliest (an
+  element constraint on the pickup's vehicle); STAT tasks may use the robot at once.
 - Clean/dirty hygiene needs no dimension: a task is only allowed on vehicles of its own flow, and
   vehicles whose load already mixes flows take no new task (see `fleet.planning.problem`).
 - Pickup and delivery: `AddPickupAndDelivery`, same vehicle, pickup cumul <= delivery cumul.
@@ -375,6 +378,8 @@ def _build_model(
                 time.CumulVar(index).SetRange(lo, hi)
             routing.AddDisjunction([index], penalty)
         _lateness(problem, time, delivery, task.needed_by, task.priority)
+        if task.priority is not Priority.STAT:
+            _after_charging(problem, routing, time, indices[0], allowed)
 
     for v, vehicle in enumerate(vehicles):
         for node, order in zip(_onboard_nodes(problem, v), vehicle.onboard, strict=True):
@@ -433,6 +438,35 @@ def _weight_and_compartments(
             if n.kind is StopKind.PICKUP and n.order_id in pinned:
                 dimension.CumulVar(manager.NodeToIndex(node)).SetValue(0)
     return keep
+
+
+def _after_charging(
+    problem: Problem,
+    routing: pywrapcp.RoutingModel,
+    time: pywrapcp.RoutingDimension,
+    index: int,
+    allowed: Sequence[int],
+) -> None:
+    """A non-STAT task's first stop on a robot still charging starts at `charging_until` at the
+    earliest (only STAT pre-empts charging); on other robots it is unconstrained.
+
+    One element constraint per task (cumul >= start[vehicle + 1], the unperformed vehicle -1
+    mapping to 0); a plain lower bound when every allowed robot is charging until the same time.
+    """
+    starts = [0] * (len(problem.vehicles) + 1)
+    for v in allowed:
+        vehicle = problem.vehicles[v]
+        if vehicle.charging_at(problem.now):
+            starts[v + 1] = _window(problem, (vehicle.charging_until, None))[0]
+    if not any(starts):
+        return
+    cumul = time.CumulVar(index)
+    if len({starts[v + 1] for v in allowed}) == 1:
+        cumul.SetMin(starts[allowed[0] + 1])
+        return
+    solver = routing.solver()
+    vehicle_plus_one = (routing.VehicleVar(index) + 1).Var()
+    solver.Add(cumul >= solver.Element(starts, vehicle_plus_one))
 
 
 def _start_load(
@@ -696,28 +730,62 @@ def _lateness(
 def _extract(
     problem: Problem, nodes: list[_Node], model: _Model, solution: pywrapcp.Assignment
 ) -> Plan:
+    """The plan of a solution: its routes, timed by `_earliest_times`."""
     manager, routing, time = model.manager, model.routing, model.time
     res = problem.time_resolution_s
     routes: dict[str, RoutePlan] = {}
     eta: dict[str, float] = {}
     on_route: set[str] = set()
     for v, vehicle in enumerate(problem.vehicles):
-        visits: list[tuple[_Node, float]] = []
+        visited: list[_Node] = []
         index = solution.Value(routing.NextVar(routing.Start(v)))
         while not routing.IsEnd(index):
-            node = nodes[manager.IndexToNode(index)]
-            # Min of the cumul: the earliest arrival consistent with the solution.
-            visits.append((node, problem.now + res * solution.Min(time.CumulVar(index))))
-            on_route.add(node.order_id)
+            visited.append(nodes[manager.IndexToNode(index)])
             index = solution.Value(routing.NextVar(index))
+        end = nodes[manager.IndexToNode(index)] if vehicle.end_node is not None else None
+        start = solution.Value(time.CumulVar(routing.Start(v)))
+        times = _earliest_times(problem, v, nodes[v], start, [*visited, *([end] if end else [])])
+        visits = [(node, problem.now + res * t) for node, t in zip(visited, times, strict=False)]
+        on_route.update(node.order_id for node in visited)
         stops = _merge(problem, visits)
-        end_arrival = None
-        if vehicle.end_node is not None:
-            end_arrival = problem.now + res * solution.Min(time.CumulVar(index))
+        end_arrival = None if end is None else problem.now + res * times[-1]
         routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops, end_arrival)
         eta.update(_etas(stops))
     unassigned = tuple(t.order_id for t in problem.tasks if t.order_id not in on_route)
     return Plan(routes, unassigned, eta, solution.ObjectiveValue(), _compartments(problem, routes))
+
+
+def _earliest_times(
+    problem: Problem, vehicle: int, start: _Node, start_time: int, visited: Sequence[_Node]
+) -> list[int]:
+    """The earliest start (time units after now) of each visit, in route order.
+
+    The solution's cumuls are only some feasible times: where the route may wait (a window, a
+    robot still charging) OR-Tools may put the wait anywhere before the bound, e.g. late at an
+    earlier stop, which would make its ETA later than it has to be. Forward from the start,
+    each visit starts at the later of (previous start + its service + travel) and the visit's
+    own lower bound; these times are pointwise the earliest, so they keep every bound the
+    solution keeps.
+    """
+    travel = problem.travel_s[problem.vehicle_class[vehicle]]
+    v = problem.vehicles[vehicle]
+    charging = _window(problem, (v.charging_until, None))[0] if v.charging_at(problem.now) else 0
+    first_node = {  # order id -> the kind of the task's first visit, for non-STAT tasks
+        t.order_id: StopKind.DROPOFF if t.loaded_at_start else StopKind.PICKUP
+        for t in problem.tasks
+        if t.priority is not Priority.STAT
+    }
+    times: list[int] = []
+    clock, prev = start_time, start
+    for node in visited:
+        clock += prev.service_s + travel[prev.location][node.location]
+        if node.window != (None, None):
+            clock = max(clock, _window(problem, node.window)[0])
+        if charging and node.kind is not None and first_node.get(node.order_id) is node.kind:
+            clock = max(clock, charging)
+        times.append(clock)
+        prev = node
+    return times
 
 
 def _compartments(problem: Problem, routes: dict[str, RoutePlan]) -> dict[str, tuple[str, int]]:

@@ -505,6 +505,73 @@ def test_insertion_loads_a_pinned_compartment_into_an_empty_robot() -> None:
     assert free.compartments["PIN"] == 0
 
 
+# --- 3. STAT pre-empts charging ------------------------------------------------------------------
+
+
+def test_only_stat_uses_a_charging_robot_at_once() -> None:
+    charging = robot("CH", "B", charging_until=NOW + 500)
+    far = robot("FAR", "X")
+    routine = task("R1", "B", "C")
+    stat = task("S1", "B", "C", priority=Priority.STAT)
+    # A routine order would wait 500 s on the charging robot: the far robot (50 s away) takes it.
+    assert plan_for(Snapshot(NOW, (charging, far), (routine,))).assignment == {"R1": "FAR"}
+    # A STAT order takes the charging robot at once.
+    plan = plan_for(Snapshot(NOW, (charging, far), (stat,)))
+    assert plan.assignment == {"S1": "CH"} and plan.eta["S1"] == NOW + 20
+    # With only the charging robot, the routine pickup waits for the end of charging.
+    plan = plan_for(Snapshot(NOW, (charging,), (routine,)))
+    assert plan.routes["CH"].stops[0].arrival == NOW + 500
+
+
+def test_stat_goes_first_and_routine_after_charging_on_the_same_robot() -> None:
+    charging = robot("CH", "B", charging_until=NOW + 300)
+    stat = task("S1", "B", "D", priority=Priority.STAT, needed_by=NOW + 60)
+    routine = task("R1", "B", "C")
+    plan = plan_for(Snapshot(NOW, (charging,), (routine, stat)))
+    stops = plan.routes["CH"].stops
+    assert stops[0] == Stop("B", StopKind.PICKUP, ("S1",), NOW, NOW)
+    assert plan.eta["S1"] == NOW + 50
+    pickup = next(s for s in stops if "R1" in s.order_ids)
+    assert pickup.arrival >= NOW + 300
+
+
+def test_charging_in_the_past_is_no_restriction() -> None:
+    done = robot("R1", "B", charging_until=NOW - 1)
+    plan = plan_for(Snapshot(NOW, (done,), (task("R1T", "B", "C"),)))
+    assert plan.eta["R1T"] == NOW + 20
+
+
+def test_insertion_lets_only_stat_pre_empt_charging() -> None:
+    charging = robot("CH", "B", charging_until=NOW + 500)
+    far = robot("FAR", "X")
+    routes = [VehicleRoute(charging), VehicleRoute(far)]
+    stat = insert_task(task("S", "B", "C", priority=Priority.STAT), routes, travel, NOW, {})
+    assert stat is not None and stat.robot_id == "CH" and stat.eta == NOW + 20
+    routine = insert_task(task("R", "B", "C"), routes, travel, NOW, {})
+    assert routine is not None and routine.robot_id == "FAR"
+    alone = insert_task(task("R", "B", "C"), routes[:1], travel, NOW, {})
+    assert alone is not None and alone.pickup_eta == NOW + 500 and alone.eta == NOW + 520
+
+
+def test_insertion_keeps_the_charging_wait_of_planned_routine_pickups() -> None:
+    charging = robot("CH", "B", charging_until=NOW + 500)
+    routine = task("R", "C", "D")
+    planned = (
+        Stop("C", StopKind.PICKUP, ("R",), NOW + 500, NOW + 500),
+        Stop("D", StopKind.DROPOFF, ("R",), NOW + 530, NOW + 530),
+    )
+    stat = task("S", "B", "A", priority=Priority.STAT)
+    ins = insert_task(stat, [VehicleRoute(charging, planned)], travel, NOW, {"R": routine})
+    assert ins is not None
+    assert [(s.node, s.order_ids, s.arrival - NOW) for s in ins.stops] == [
+        ("B", ("S",), 0.0),
+        ("A", ("S",), 10.0),
+        ("C", ("R",), 500.0),  # still waits for the end of charging
+        ("D", ("R",), 530.0),
+    ]
+    assert ins.added_cost_s == pytest.approx(10.0)  # eta cost only: the route ends as before
+
+
 # --- properties on random small snapshots -------------------------------------------------------
 
 ROBOT_KINDS = (CLEAN_SET, DIRTY_SET, DRUG_SET)
@@ -547,6 +614,7 @@ def rule_snapshots(draw: st.DrawFn) -> Snapshot:
             draw(st.integers(1, 4)),
             speed=draw(st.sampled_from([0.5, 1.0])),
             max_payload_kg=draw(st.sampled_from([None, 10.0, 20.0, 5.0])),
+            charging_until=draw(st.sampled_from([None, None, NOW + 40.0, NOW + 200.0])),
             compartments=draw(st.sampled_from([None, 1, 2, 3, 0])),
         )
         vehicles.append(dataclasses.replace(v, onboard=draw(onboard_for(v))))
