@@ -388,6 +388,8 @@ class RobotGatewayServicer(robot_pb2_grpc.RobotGatewayServicer):
         except asyncio.CancelledError:
             raise
         except DomainError as exc:
+            # The robot sees the status; the operator sees why its stream was ended.
+            log.warning("robot %s: message refused, stream ended: %s", robot_id, exc)
             outbox.close(*status_for(exc))
         except Exception as exc:
             if not isinstance(exc, grpc.RpcError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet.building.graph import BuildingGraph, NoRoute
@@ -25,6 +26,7 @@ from fleet.domain.order import Order, OrderEvent, OrderState
 from fleet.domain.priority import Priority
 from fleet.domain.robot import Robot, RobotMode
 from fleet.planning import OnboardTask, Plan, Snapshot, Stop, StopKind, Task, VehicleState
+from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
 from fleet.traffic.reservations import Reservations
 from fleet.traffic.steps import Step, StepKind, steps_for_route
 
@@ -41,6 +43,9 @@ class CoreConfig:
     # Finished orders leave memory this long after they finish (the store keeps them; reads
     # fall back to it). None keeps them all, as the digital twin does for its KPI report.
     finished_retention_s: float | None = 3600.0
+    # A new order gets a robot and an ETA at once from a cheap insertion into the current plan
+    # (the full re-optimization follows). Off, a new order waits PENDING for the next plan.
+    insert_on_create: bool = True
 
 
 @dataclass
@@ -245,6 +250,8 @@ class FleetCore:
         self._next_order += 1
         self.orders[order.id] = order
         self._outbox.append(m.OrderChanged(copy.deepcopy(order)))
+        if self.config.insert_on_create:
+            self._insert(order, "first answer")
         self._request_replan()
         return copy.deepcopy(order)
 
@@ -720,6 +727,10 @@ class FleetCore:
                     )
                     self._mark(order)
         self._evict_finished(now)
+        # Robots given work by an insertion start here if no plan has started them since.
+        for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
+            if run.future and run.current_stop is None and run.in_flight is None:
+                self._advance(run)
 
     def _evict_finished(self, now: float) -> None:
         """Drop long-finished orders from memory, so a service running for months stays small."""
@@ -775,6 +786,56 @@ class FleetCore:
         self._request_replan()
 
     # ---- planning ------------------------------------------------------------------------
+
+    def _insert(self, order: Order, why: str) -> bool:
+        """Assign `order` at once to the robot where it adds least to the current plan.
+
+        The robot's future stops become the insertion's; the robot itself is started by the
+        next plan or the next tick, so a full plan arriving in between can still place it
+        better. False (the order stays or becomes PENDING) when no robot can take it now.
+        """
+        now = self.clock.now()
+        runs: list[_RobotRun] = []
+        routes: list[VehicleRoute] = []
+        for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
+            vehicle = self._vehicle(run, now)
+            if vehicle is None:
+                continue
+            stops = without_orders(run.future, self._gone_from(run.robot.id, order.id))
+            runs.append(run)
+            routes.append(VehicleRoute(vehicle, stops))
+        found = insert_task(self._task(order), routes, self.graph.travel_time, now, self.orders)
+        if found is None:
+            if order.state is OrderState.ASSIGNED:
+                order.move_to(OrderState.PENDING, now, "no robot can take it now")
+                self._mark(order)
+            return False
+        run = runs[[r.robot.id for r in runs].index(found.robot_id)]
+        run.future = list(found.stops)
+        if order.state is OrderState.PENDING or order.robot_id != found.robot_id:
+            order.robot_id = found.robot_id
+            order.move_to(OrderState.ASSIGNED, now, f"assigned to {found.robot_id} ({why})")
+            self.store.record_assignments(
+                [Assignment(order.id, found.robot_id, now, self.plan_version)]
+            )
+        order.eta = found.eta
+        self._mark(order)
+        return True
+
+    def _gone_from(self, robot_id: str, placing: str) -> Callable[[str], bool]:
+        """A test for order ids no longer this robot's to pick up or deliver; the order being
+        placed counts as gone, so it is never in a route twice."""
+
+        def gone(order_id: str) -> bool:
+            order = self.orders.get(order_id)
+            return (
+                order_id == placing
+                or order is None
+                or order.state.terminal
+                or order.robot_id != robot_id
+            )
+
+        return gone
 
     def snapshot(self) -> tuple[Snapshot, int]:
         """What the optimizer needs now, and the epoch it was taken at."""
@@ -864,6 +925,11 @@ class FleetCore:
         now = self.clock.now()
         assignments: list[Assignment] = []
         planned: set[str] = set()
+        for run in self.robots.values():
+            if run.robot.id not in plan.routes:
+                # Not in the snapshot (it connected since, or could not take work): what an
+                # insertion gave it is placed again below, against the new plan.
+                run.future = []
         for robot_id, route in plan.routes.items():
             run = self.robots.get(robot_id)
             if run is None or not run.connected:
@@ -885,16 +951,22 @@ class FleetCore:
             if known is not None and not known.state.terminal and known.eta != eta:
                 known.eta = eta
                 self._mark(known)
-        for order in self.orders.values():
-            if (
-                order.state is OrderState.ASSIGNED
-                and order.id not in planned
-                and not (self._committed(order))
-            ):
-                order.move_to(OrderState.PENDING, now, "no robot can take it now")
-                self._mark(order)
         if assignments:
             self.store.record_assignments(assignments)
+        in_snapshot = planned | set(plan.unassigned)
+        for order in sorted(self.orders.values(), key=lambda o: o.id):
+            if (
+                order.state is not OrderState.ASSIGNED
+                or order.id in planned
+                or self._committed(order)
+            ):
+                continue
+            # An order of the snapshot that the plan left out goes back to PENDING; one placed
+            # after the snapshot is inserted into the new plan (PENDING if nobody can take it).
+            placed = order.id not in in_snapshot and self._insert(order, "placed after snapshot")
+            if not placed and order.state is OrderState.ASSIGNED:
+                order.move_to(OrderState.PENDING, now, "no robot can take it now")
+                self._mark(order)
         self.plan_version += 1
         for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
             if run.current_stop is None and run.in_flight is None:

@@ -56,7 +56,10 @@ async def test_order_to_an_or_upstairs_over_grpc(tmp_path: Path) -> None:
                 requested_by="nurse-or3",
             )
         )
-        assert created.state == orders_pb2.ORDER_STATE_PENDING
+        # The first answer already names a robot and an ETA (the insertion); the full plan follows.
+        assert created.state == orders_pb2.ORDER_STATE_ASSIGNED
+        assert created.robot_id == "AMR-01"
+        assert created.HasField("eta")
 
         async def delivered() -> orders_pb2.Order:
             request = orders_pb2.WatchOrdersRequest(order_ids=[created.id], include_current=True)
