@@ -2,11 +2,17 @@
 
 `build_problem(snapshot, travel) -> solve(problem, time_limit_s, seed) -> Plan`, a pure function
 pipeline (DESIGN.md principle 4): no I/O, no clock, and a `Problem` pickles to a worker process.
+
+The hospital rules of issue 3 (weight, compartments, pinned robots and compartments, STAT
+pre-empting charging, battery and charging visits) are optional fields of `Task`,
+`OnboardTask`, `VehicleState` and `Snapshot`; see `fleet.planning.problem`.
 """
 
-from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind
+from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind, assign_compartments
 from fleet.planning.problem import (
+    ENERGY_UNITS_PER_PCT,
     FIRST_SOLUTION_STRATEGIES,
+    GRAMS_PER_KG,
     HORIZON_S,
     METAHEURISTICS,
     ROUTE_ELIMINATION_SEARCH,
@@ -21,13 +27,24 @@ from fleet.planning.problem import (
     TravelTime,
     VehicleState,
     build_problem,
+    fits_vehicle,
+    grams,
 )
-from fleet.planning.solver import DROP_PENALTY, GLOBAL_SPAN_COST, LATENESS_COST_PER_S, solve
+from fleet.planning.solver import (
+    CHARGE_PENALTY,
+    DROP_PENALTY,
+    GLOBAL_SPAN_COST,
+    LATENESS_COST_PER_S,
+    solve,
+)
 
 __all__ = [
+    "CHARGE_PENALTY",
     "DROP_PENALTY",
+    "ENERGY_UNITS_PER_PCT",
     "FIRST_SOLUTION_STRATEGIES",
     "GLOBAL_SPAN_COST",
+    "GRAMS_PER_KG",
     "HORIZON_S",
     "LATENESS_COST_PER_S",
     "METAHEURISTICS",
@@ -46,6 +63,9 @@ __all__ = [
     "Task",
     "TravelTime",
     "VehicleState",
+    "assign_compartments",
     "build_problem",
+    "fits_vehicle",
+    "grams",
     "solve",
 ]

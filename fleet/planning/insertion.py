@@ -21,6 +21,10 @@ The cargo rules are the solver's (see `fleet.planning.problem`):
   task is on board when a pinned task already in the route is picked up (the solver's rule, so
   that the pinned compartment is free); `Insertion.compartments` gives the new route's
   compartment assignment;
+- the battery (`VehicleState.drain_pct_per_s > 0`): no insertion takes the robot below its
+  reserve anywhere along the route; CHARGE stops already in the route restore
+  `charge_pct_per_s` x their duration (capped at 100 %). The insertion plans no new charging
+  stop: a task that needs one is left to the full solve (None here if no robot can take it);
 - STAT pre-empts charging: on a robot still on its charger (`VehicleState.charging_until` after
   `now`) a pickup stop loading a non-STAT order starts at `charging_until` at the earliest (the
   robot waits), as in the solver; STAT orders are picked up at once. Such robots are searched by
@@ -355,6 +359,27 @@ def _best_in_route(
         dep[k] = t
         here = nodes[k]
 
+    # Battery, when modelled: e_dep[k] is the charge when leaving for stops[k] (k = n: at the
+    # end), e_arr[k] on arrival there, low[k] the lowest arrival charge from stops[k] on. Extra
+    # driving lowers every later charge by drain x its time, also past a CHARGE stop (whose
+    # charging time is kept; counting it so is safe even where that charge was capped at 100 %).
+    drain = v.drain_pct_per_s if v.battery_modelled else 0.0
+    reserve = v.reserve_pct
+    e_dep = [_INF] * (n + 1)
+    e_arr = [_INF] * n
+    low = [_INF] * (n + 1)
+    if drain:
+        e = v.battery_pct
+        for k in range(n):
+            e_dep[k] = e
+            e -= drain * legs[k]
+            e_arr[k] = e
+            if stops[k].kind is StopKind.CHARGE:
+                e = min(100.0, e + v.charge_pct_per_s * serv[k])
+        e_dep[n] = e
+        for k in range(n - 1, -1, -1):
+            low[k] = min(e_arr[k], low[k + 1])
+
     # Load profile, per segment: segment k runs into stops[k] (segment n: after the last stop).
     onboard = {o.order_id: o for o in v.onboard}
     load = v.onboard_load
@@ -436,18 +461,29 @@ def _best_in_route(
     prev_node = [v.start_node, *nodes]
 
     def drops(
-        first: int, new_from: int, delayed_from: int, delay1: float, pickup_gap: int, merge: int
+        first: int,
+        new_from: int,
+        delayed_from: int,
+        delay1: float,
+        pickup_gap: int,
+        merge: int,
+        drive1: float = 0.0,
     ) -> None:
         """Try every drop-off once the pickup is placed; keep the best in `choice`.
 
         The task is on board from the segment before stops[first]; new drop-off stops are tried
         before stops[j] for j >= new_from; the stops from `delayed_from` on are already `delay1`
-        later because of the pickup.
+        later because of the pickup, `drive1` of it driving (for the battery).
         """
         nonlocal best_cost, choice
+        between = _INF  # the lowest arrival charge at stops[delayed_from:j]
         for j in range(first, n + 1):
+            if j > first and j - 1 >= delayed_from:
+                between = min(between, e_arr[j - 1])
             if not ok[j]:
                 break  # on board through this segment is not allowed: no later drop-off either
+            if drain and between - drain * drive1 < reserve:
+                break  # the stops before this drop-off would already go below the reserve
             base = prev_dep[j] + delay1  # every drop-off from here on arrives after this
             if delay1 + delivery_cost(base) >= best_cost:
                 break
@@ -459,14 +495,21 @@ def _best_in_route(
                 eta = base + to_d
                 after = tt(d_node, nodes[j], flow, speed) if j < n else 0.0
                 delay2 = to_d + sd + after - legs[j]
-                if delay2 < _INF:
+                drive = drive1 + to_d + after - legs[j]
+                if delay2 < _INF and (
+                    not drain
+                    or (
+                        e_dep[j] - drain * (drive1 + to_d) >= reserve
+                        and low[j] - drain * drive >= reserve
+                    )
+                ):
                     total = delay1 + delay2
                     cost = total + shifted + added_lateness(j, total) + delivery_cost(eta)
                     if cost < best_cost:
                         best_cost = cost
                         choice = _Choice(cost, route_index, pickup_gap, merge, j, -1, eta)
             # Merge the drop-off into stops[j], a drop-off at the same node.
-            if d_is_stop[j]:
+            if d_is_stop[j] and (not drain or low[j] - drain * drive1 >= reserve):
                 eta = arr[j] + delay1
                 total = delay1 + max(0.0, sd - serv[j])
                 cost = (
@@ -490,21 +533,29 @@ def _best_in_route(
         # in between.
         if ok[i] and (empty[i] or not pinned_task) and not (i > 0 and p_is_stop[i - 1]):
             to_p = tt(prev_node[i], p_node, flow, speed)
-            if to_p < _INF:
+            if to_p < _INF and (not drain or e_dep[i] - drain * to_p >= reserve):
                 # The drop-off right after the pickup, both before stops[i].
                 if not d_is_stop[i]:
                     eta = prev_dep[i] + to_p + sp + p_to_d
                     after = tt(d_node, nodes[i], flow, speed) if i < n else 0.0
                     delay = to_p + sp + p_to_d + sd + after - legs[i]
-                    if delay < _INF:
+                    drive = to_p + p_to_d + after - legs[i]
+                    if delay < _INF and (
+                        not drain
+                        or (
+                            e_dep[i] - drain * (to_p + p_to_d) >= reserve
+                            and low[i] - drain * drive >= reserve
+                        )
+                    ):
                         cost = delay + added_lateness(i, delay) + delivery_cost(eta)
                         if cost < best_cost:
                             best_cost = cost
                             choice = _Choice(cost, route_index, i, -1, i, -1, eta)
                 if i < n and not p_is_stop[i]:
-                    delay1 = to_p + sp + tt(p_node, nodes[i], flow, speed) - legs[i]
+                    drive1 = to_p + tt(p_node, nodes[i], flow, speed) - legs[i]
+                    delay1 = drive1 + sp
                     if delay1 < _INF:
-                        drops(i, i + 1, i, delay1, i, -1)
+                        drops(i, i + 1, i, delay1, i, -1, drive1)
         # Option B: merge the pickup into stops[i], a pickup at the same node. (A pinned task
         # never merges: the stop's own orders would be loaded before it.)
         if p_is_stop[i] and not pinned_task:

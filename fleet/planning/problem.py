@@ -17,7 +17,8 @@ The cargo rules decided here, once, for every (task, vehicle) pair:
   robot is absent or cannot serve the task, the task has no vehicle (it is reported unassigned,
   never given to another robot);
 - a robot whose battery model is on (`VehicleState.drain_pct_per_s > 0`) and whose battery is
-  already below its reserve takes no new task when no charger is known (`Snapshot.chargers`);
+  already below its reserve takes no new task unless it can charge (`charge_pct_per_s > 0` and
+  a charger of `Snapshot.chargers` it can reach);
 - the vehicle must be able to reach the pickup from its start and the drop-off from the pickup in
   its flow (travel times are shortest paths, so reachability is transitive and these two checks
   are enough);
@@ -545,6 +546,13 @@ def build_problem(
     )
 
     where = {name: i for i, name in enumerate(locations)}
+    # Below its reserve with no way to charge: the robot only delivers what it carries.
+    stranded = [
+        v.battery_modelled
+        and v.battery_pct < v.reserve_pct
+        and not _can_charge(v, travel_s[vehicle_class[vi]], where, chargers, unreachable)
+        for vi, v in enumerate(vehicles)
+    ]
     allowed: list[tuple[int, ...]] = []
     for task in snapshot.tasks:
         pickup, dropoff = where[task.pickup_node], where[task.dropoff_node]
@@ -554,7 +562,7 @@ def build_problem(
             if (
                 _may_carry(v, task.cargo_class, task.quantity)
                 and fits_vehicle(v, task)
-                and (not v.battery_modelled or v.battery_pct >= v.reserve_pct or chargers)
+                and not stranded[vi]
                 and (not task.loaded_at_start or v.start_node == task.pickup_node)
                 and matrix[where[v.start_node]][pickup] < unreachable
                 and matrix[pickup][dropoff] < unreachable
@@ -578,6 +586,30 @@ def build_problem(
         search=search if search is not None else SearchConfig(),
         chargers=chargers,
     )
+
+
+def _can_charge(
+    vehicle: VehicleState,
+    matrix: tuple[tuple[int, ...], ...],
+    where: dict[str, int],
+    chargers: tuple[str, ...],
+    unreachable: int,
+) -> bool:
+    """True when the robot charges (`charge_pct_per_s > 0`) and can reach a charger."""
+    start = where[vehicle.start_node]
+    return vehicle.charge_pct_per_s > 0 and any(
+        matrix[start][where[c]] < unreachable for c in chargers
+    )
+
+
+def energy_units(pct: float) -> int:
+    """A state of charge (percent) in the solver's integer energy units, rounded down."""
+    return math.floor(pct * ENERGY_UNITS_PER_PCT + 1e-9)
+
+
+def drain_units(vehicle: VehicleState, seconds: float) -> int:
+    """Energy (integer units, rounded up) `vehicle` uses driving for `seconds`."""
+    return seconds_up(vehicle.drain_pct_per_s * seconds * ENERGY_UNITS_PER_PCT)
 
 
 def fits_vehicle(vehicle: VehicleState, task: Task) -> bool:

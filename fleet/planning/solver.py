@@ -37,6 +37,21 @@ Model (see `solve` for the search):
 - STAT pre-empts charging: a non-STAT task's pickup on a robot still on its charger
   (`VehicleState.charging_until` after `now`) starts at `charging_until` at the earliest (an
   element constraint on the pickup's vehicle); STAT tasks may use the robot at once.
+- Battery (only for robots with `VehicleState.drain_pct_per_s > 0`): a first solve without it;
+  when some robot's route in that plan would take it below its reserve (or it is below it
+  already), a second solve adds the "energy" dimension (remaining charge above the reserve,
+  transit minus the drain of each drive, capacity 100 % - reserve, so never below the reserve)
+  and, for each such robot that can charge, one optional charging visit per charger it can
+  reach, exactly one of which it makes (`CHARGE_PENALTY`), wherever in its route the solver
+  finds best. Only a charging visit has slack on the energy dimension (the charge restored);
+  its time slack (the time spent charging) is at least that charge over the charging speed.
+  A robot below its reserve starts with no energy and drives to its charger on credit, paid
+  back (the deficit) before the charge counts, so it charges before anything else. The plan
+  shows the visit as a CHARGE stop charging just what the rest of the route needs (see
+  `_with_charging` for the robots that cannot keep the rule). Simplifications: one charging
+  visit per robot and solve (the next re-plan may add another), and a robot's charge level
+  is only known to the plan, not to the time windows of other robots' chargers (no charger
+  queueing). Not combinable with `SearchConfig.route_elimination`.
 - Clean/dirty hygiene needs no dimension: a task is only allowed on vehicles of its own flow, and
   vehicles whose load already mixes flows take no new task (see `fleet.planning.problem`).
 - Pickup and delivery: `AddPickupAndDelivery`, same vehicle, pickup cumul <= delivery cumul.
@@ -79,7 +94,14 @@ from ortools.util import optional_boolean_pb2
 from fleet.domain.cargo import CargoClass
 from fleet.domain.priority import Priority
 from fleet.planning.plan import Plan, RoutePlan, Stop, StopKind, assign_compartments
-from fleet.planning.problem import Problem, SearchConfig, grams
+from fleet.planning.problem import (
+    ENERGY_UNITS_PER_PCT,
+    Problem,
+    SearchConfig,
+    drain_units,
+    energy_units,
+    grams,
+)
 
 LATENESS_COST_PER_S = {Priority.STAT: 1000, Priority.URGENT: 100, Priority.ROUTINE: 10}
 """Cost per second late against `needed_by` (a travel second costs 1): base 10 x 100/10/1."""
@@ -90,6 +112,14 @@ many times, so dropping is only ever chosen for tasks the fleet cannot serve."""
 
 GLOBAL_SPAN_COST = 1
 """Cost per second of the fleet's makespan (see the module docstring), on a par with travel."""
+
+
+CHARGE_PENALTY = 10**13
+"""Penalty for not making the charging visit a robot needs (above every drop penalty, so the
+solver gives up any task first)."""
+
+_RATE_DENOMINATOR = 1000
+"""Charging speed as the fraction num / 1000 energy units per time unit (num rounded down)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,7 @@ class _Node:
     window: tuple[float | None, float | None] = (None, None)  # hard, absolute seconds
     grams: int = 0  # weight: + at pickup, - at delivery
     count: int = 0  # compartments: +1 at pickup, -1 at delivery
+    charge_for: int = -1  # a charging visit: the vehicle it belongs to
 
     @property
     def key(self) -> tuple[str, StopKind | None]:
@@ -135,17 +166,28 @@ def solve(problem: Problem, time_limit_s: float = 2.0, seed: int = 0) -> Plan:
     del seed  # see the docstring: nothing is random
     if not time_limit_s > 0:
         raise ValueError("time_limit_s: must be > 0")
+    battery = any(v.battery_modelled for v in problem.vehicles)
+    if battery and problem.search.route_elimination:
+        raise ValueError("search.route_elimination: not supported with the battery model")
     served = [k for k, allowed in enumerate(problem.allowed_vehicles) if allowed]
     has_onboard = any(v.onboard for v in problem.vehicles)
-    if not served and not has_onboard:
+    must_charge = battery and any(
+        _energy_start(problem, v)[1] for v in range(len(problem.vehicles))
+    )
+    if not served and not has_onboard and not must_charge:
         return _plan_without_solver(problem, onboard=False)
     nodes, pickups = _layout(problem, served)
     plan = _search(problem, nodes, pickups, time_limit_s)
+    if plan is not None and battery:
+        plan = _with_charging(problem, served, plan, time_limit_s)
     return plan if plan is not None else _plan_without_solver(problem, onboard=True)
 
 
-def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[tuple[int, int]]]:
-    """The model's nodes: starts, end depot, task pickup/delivery pairs, onboard deliveries.
+def _layout(
+    problem: Problem, served: Sequence[int], charges: Sequence[tuple[int, str]] = ()
+) -> tuple[list[_Node], list[tuple[int, int]]]:
+    """The model's nodes: starts, end depot, task pickup/delivery pairs, onboard deliveries,
+    charging visits ((vehicle index, charger node) pairs), closed-route ends.
 
     Returns the nodes and, per served task (same order as `served`), its (pickup, delivery) node;
     the pickup is -1 for a task loaded at the start (`Task.loaded_at_start`).
@@ -212,6 +254,8 @@ def _layout(problem: Problem, served: Sequence[int]) -> tuple[list[_Node], list[
                     -1,
                 )
             )
+    for vehicle, charger in charges:
+        nodes.append(_Node(where[charger], 0, 0.0, 0, 0, "", StopKind.CHARGE, charge_for=vehicle))
     # Closed routes: one end node per vehicle that returns somewhere (last, after the onboard
     # deliveries, so the indices above do not depend on them).
     for v in problem.vehicles:
@@ -265,6 +309,7 @@ def _build_model(
     *,
     fixed_costs: bool = True,
     drop_penalty: int | None = None,
+    energy: _Energy | None = None,
 ) -> _Model:
     """The routing model; `disabled` vehicles stay empty.
 
@@ -388,6 +433,8 @@ def _build_model(
             _lateness(problem, time, index, order.needed_by, order.priority)
     for v in disabled:
         routing.NextVar(routing.Start(v)).SetValue(routing.End(v))
+    if energy is not None:
+        keep.extend(_energy_dimension(problem, nodes, manager, routing, time, energy))
     return _Model(manager, routing, time, keep)
 
 
@@ -728,7 +775,11 @@ def _lateness(
 
 
 def _extract(
-    problem: Problem, nodes: list[_Node], model: _Model, solution: pywrapcp.Assignment
+    problem: Problem,
+    nodes: list[_Node],
+    model: _Model,
+    solution: pywrapcp.Assignment,
+    energy: _Energy | None = None,
 ) -> Plan:
     """The plan of a solution: its routes, timed by `_earliest_times`."""
     manager, routing, time = model.manager, model.routing, model.time
@@ -737,18 +788,22 @@ def _extract(
     eta: dict[str, float] = {}
     on_route: set[str] = set()
     for v, vehicle in enumerate(problem.vehicles):
-        visited: list[_Node] = []
+        route: list[int] = []  # node numbers, the closed route's end included
         index = solution.Value(routing.NextVar(routing.Start(v)))
         while not routing.IsEnd(index):
-            visited.append(nodes[manager.IndexToNode(index)])
+            route.append(manager.IndexToNode(index))
             index = solution.Value(routing.NextVar(index))
-        end = nodes[manager.IndexToNode(index)] if vehicle.end_node is not None else None
+        end = manager.IndexToNode(index)
+        closed = vehicle.end_node is not None
         start = solution.Value(time.CumulVar(routing.Start(v)))
-        times = _earliest_times(problem, v, nodes[v], start, [*visited, *([end] if end else [])])
-        visits = [(node, problem.now + res * t) for node, t in zip(visited, times, strict=False)]
-        on_route.update(node.order_id for node in visited)
+        times = _earliest_times(problem, v, nodes, start, [*route, end], energy)
+        visits = [
+            (nodes[n], problem.now + res * t, res * extra if extra else nodes[n].service_exact_s)
+            for n, (t, extra) in zip(route, times, strict=False)
+        ]
+        on_route.update(nodes[n].order_id for n in route)
         stops = _merge(problem, visits)
-        end_arrival = None if end is None else problem.now + res * times[-1]
+        end_arrival = problem.now + res * times[-1][0] if closed else None
         routes[vehicle.robot_id] = RoutePlan(vehicle.robot_id, stops, end_arrival)
         eta.update(_etas(stops))
     unassigned = tuple(t.order_id for t in problem.tasks if t.order_id not in on_route)
@@ -756,16 +811,23 @@ def _extract(
 
 
 def _earliest_times(
-    problem: Problem, vehicle: int, start: _Node, start_time: int, visited: Sequence[_Node]
-) -> list[int]:
-    """The earliest start (time units after now) of each visit, in route order.
+    problem: Problem,
+    vehicle: int,
+    nodes: Sequence[_Node],
+    start_time: int,
+    route: Sequence[int],
+    energy: _Energy | None,
+) -> list[tuple[int, int]]:
+    """The earliest start (time units after now) of each visit of `route` (node numbers, ending
+    with the route's end node), in order, with the charging time (units) at charging visits.
 
     The solution's cumuls are only some feasible times: where the route may wait (a window, a
     robot still charging) OR-Tools may put the wait anywhere before the bound, e.g. late at an
     earlier stop, which would make its ETA later than it has to be. Forward from the start,
     each visit starts at the later of (previous start + its service + travel) and the visit's
     own lower bound; these times are pointwise the earliest, so they keep every bound the
-    solution keeps.
+    solution keeps. A charging visit charges just what the rest of the route needs
+    (`_charge_times`), which is at most what the solution charged.
     """
     travel = problem.travel_s[problem.vehicle_class[vehicle]]
     v = problem.vehicles[vehicle]
@@ -775,15 +837,19 @@ def _earliest_times(
         for t in problem.tasks
         if t.priority is not Priority.STAT
     }
-    times: list[int] = []
-    clock, prev = start_time, start
-    for node in visited:
-        clock += prev.service_s + travel[prev.location][node.location]
+    extra = _charge_times(problem, vehicle, nodes, route, energy)
+    times: list[tuple[int, int]] = []
+    clock, prev, prev_extra = start_time, nodes[vehicle], 0
+    for position, n in enumerate(route):
+        node = nodes[n]
+        leg = 0 if node.location < 0 else travel[prev.location][node.location]
+        clock += prev.service_s + prev_extra + leg
         if node.window != (None, None):
             clock = max(clock, _window(problem, node.window)[0])
         if charging and node.kind is not None and first_node.get(node.order_id) is node.kind:
             clock = max(clock, charging)
-        times.append(clock)
+        prev_extra = extra.get(position, 0)
+        times.append((clock, prev_extra))
         prev = node
     return times
 
@@ -817,18 +883,22 @@ def _compartments(problem: Problem, routes: dict[str, RoutePlan]) -> dict[str, t
     return result
 
 
-def _merge(problem: Problem, visits: list[tuple[_Node, float]]) -> tuple[Stop, ...]:
+def _merge(problem: Problem, visits: list[tuple[_Node, float, float]]) -> tuple[Stop, ...]:
     """Consecutive visits of one kind to one building node become one stop (unless the later
-    visit arrives after the stop's departure, i.e. it waited).
+    visit arrives after the stop's departure, i.e. it waited). `visits` are (node, arrival,
+    service seconds); a charging visit is a CHARGE stop of its own, its service the charging.
 
     The stop's arrival is the first visit's; its departure is arrival + the longest service time
     among the merged orders (one docking, items handled together). The model itself charges the
     services one after the other, so later arrivals are, if anything, pessimistic.
     """
     stops: list[Stop] = []
-    for node, arrival in visits:
+    for node, arrival, service_s in visits:
         assert node.kind is not None  # starts and the end depot are never visited mid-route
         name = problem.locations[node.location]
+        if node.kind is StopKind.CHARGE:
+            stops.append(Stop(name, StopKind.CHARGE, (), arrival, arrival + service_s))
+            continue
         last = stops[-1] if stops else None
         # A visit after a wait (a window, a charging robot's start) is a stop of its own, so
         # that its arrival is not hidden behind the first visit's.
@@ -838,7 +908,7 @@ def _merge(problem: Problem, visits: list[tuple[_Node, float]]) -> tuple[Stop, .
             and last.kind is node.kind
             and arrival <= last.departure + 1e-9
         ):
-            service = max(last.departure - last.arrival, node.service_exact_s)
+            service = max(last.departure - last.arrival, service_s)
             stops[-1] = Stop(
                 name,
                 node.kind,
@@ -847,9 +917,7 @@ def _merge(problem: Problem, visits: list[tuple[_Node, float]]) -> tuple[Stop, .
                 last.arrival + service,
             )
         else:
-            stops.append(
-                Stop(name, node.kind, (node.order_id,), arrival, arrival + node.service_exact_s)
-            )
+            stops.append(Stop(name, node.kind, (node.order_id,), arrival, arrival + service_s))
     return tuple(stops)
 
 
@@ -865,7 +933,7 @@ def _plan_without_solver(problem: Problem, *, onboard: bool) -> Plan:
     eta: dict[str, float] = {}
     cost = 0
     for v, vehicle in enumerate(problem.vehicles):
-        visits: list[tuple[_Node, float]] = []
+        visits: list[tuple[_Node, float, float]] = []
         if onboard:
             travel = problem.travel_s[problem.vehicle_class[v]]
             clock = max(problem.now, vehicle.available_at)
@@ -884,7 +952,7 @@ def _plan_without_solver(problem: Problem, *, onboard: bool) -> Plan:
                 unreachable = leg >= problem.unreachable
                 clock = math.inf if unreachable else clock + leg * problem.time_resolution_s
                 cost += 0 if unreachable else leg + node.service_s
-                visits.append((node, clock))
+                visits.append((node, clock, node.service_exact_s))
                 clock += order.dropoff_service_s
                 here = node.location
         stops = _merge(problem, visits)
@@ -902,3 +970,287 @@ def _etas(stops: Sequence[Stop]) -> dict[str, float]:
         if stop.kind is StopKind.DROPOFF
         for order_id in stop.order_ids
     }
+
+
+# --- battery: energy dimension and charging visits ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Energy:
+    """The battery model of the second solve (`_with_charging`), by vehicle index.
+
+    - `constrained[v]`: the energy rule applies to vehicle v (its battery model is on and it can
+      keep the rule);
+    - `start[v]`: energy above the reserve at the start (units; 0 for a robot below it);
+    - `capacity[v]`: (100 % - reserve) in units;
+    - `rate[v]`: charging speed, `rate[v] / _RATE_DENOMINATOR` units per time unit (0: none);
+    - `deficit[(v, location)]`: for a robot below its reserve, the energy its charging at that
+      charger must first make up (what it lacks now plus the drive there) before it counts;
+    - `first_charge`: the robots below their reserve, which charge before anything else.
+    """
+
+    constrained: tuple[bool, ...]
+    start: tuple[int, ...]
+    capacity: tuple[int, ...]
+    rate: tuple[int, ...]
+    deficit: dict[tuple[int, int], int]
+    first_charge: frozenset[int]
+
+
+def _rate(problem: Problem, v: int) -> int:
+    """Charging speed of vehicle v as a numerator over `_RATE_DENOMINATOR` (rounded down)."""
+    vehicle = problem.vehicles[v]
+    per_unit = vehicle.charge_pct_per_s * ENERGY_UNITS_PER_PCT * problem.time_resolution_s
+    return math.floor(per_unit * _RATE_DENOMINATOR + 1e-9)
+
+
+def _reachable_chargers(problem: Problem, v: int) -> list[str]:
+    """The chargers vehicle v can drive to from its start (none when it cannot charge)."""
+    if _rate(problem, v) <= 0:
+        return []
+    where = problem.location_index()
+    travel = problem.travel_s[problem.vehicle_class[v]]
+    start = where[problem.vehicles[v].start_node]
+    return [c for c in problem.chargers if travel[start][where[c]] < problem.unreachable]
+
+
+def _energy_start(problem: Problem, v: int) -> tuple[int, bool]:
+    """(energy above the reserve at the start in units, 0 when below it; True when the robot is
+    below its reserve and can charge, so that it must go and charge first)."""
+    vehicle = problem.vehicles[v]
+    if not vehicle.battery_modelled:
+        return 0, False
+    if vehicle.battery_pct < vehicle.reserve_pct:
+        return 0, bool(_reachable_chargers(problem, v))
+    return energy_units(vehicle.battery_pct - vehicle.reserve_pct), False
+
+
+def _drain(problem: Problem, v: int, start: str, path: Sequence[str]) -> float:
+    """Energy (units) vehicle v uses driving from `start` through `path` in order (infinite
+    when a leg is unreachable)."""
+    where = problem.location_index()
+    travel = problem.travel_s[problem.vehicle_class[v]]
+    vehicle = problem.vehicles[v]
+    total: float = 0
+    here = where[start]
+    for name in path:
+        leg = travel[here][where[name]]
+        if leg >= problem.unreachable:
+            return math.inf
+        total += drain_units(vehicle, leg * problem.time_resolution_s)
+        here = where[name]
+    return total
+
+
+def _with_charging(
+    problem: Problem, served: Sequence[int], plan: Plan, time_limit_s: float
+) -> Plan | None:
+    """The plan with the battery rule kept: `plan` itself when no robot of it falls below its
+    reserve, else a second solve with the energy dimension and charging visits.
+
+    A robot with the battery model on gets one optional charging visit per charger it can reach
+    when its route in `plan` would take it below its reserve (or it is already below it: then
+    the visit comes first). Exactly one of a robot's visits is made (a disjunction with
+    `CHARGE_PENALTY`), at the place in its route the solver finds best. A robot that cannot
+    keep the rule even with nothing but what it carries (its onboard deliveries, after charging
+    if it can) takes no new task and is left out of the energy rule, and so is a robot below
+    its reserve that cannot charge (it already has no task, see `build_problem`): the plan
+    cannot make either of them keep the rule, and does not make it worse.
+    """
+    n = len(problem.vehicles)
+    constrained = [False] * n
+    start = [0] * n
+    capacity = [0] * n
+    rate = [0] * n
+    deficit: dict[tuple[int, int], int] = {}
+    first: set[int] = set()
+    charges: list[tuple[int, str]] = []
+    banned: set[int] = set()
+    second = False
+    where = problem.location_index()
+    for v, vehicle in enumerate(problem.vehicles):
+        if not vehicle.battery_modelled:
+            continue
+        e0, low_can_charge = _energy_start(problem, v)
+        low = vehicle.battery_pct < vehicle.reserve_pct
+        chargers = _reachable_chargers(problem, v)
+        if low and not chargers:
+            continue  # stranded: it only delivers what it carries
+        capacity[v] = energy_units(100.0 - vehicle.reserve_pct)
+        rate[v] = _rate(problem, v)
+        stops = plan.routes[vehicle.robot_id].stops
+        onboard = {o.order_id for o in vehicle.onboard}
+        own = [s.node for s in stops if s.kind is StopKind.DROPOFF and onboard & set(s.order_ids)]
+        home = vehicle.start_node
+        if not low and _drain(problem, v, home, own) <= e0:
+            keeps = True
+        else:
+            keeps = any(
+                (low or _drain(problem, v, home, [c]) <= e0)
+                and _drain(problem, v, c, own) <= capacity[v]
+                for c in chargers
+            )
+        if not keeps:
+            banned.add(v)
+            second = True
+            continue
+        constrained[v] = True
+        start[v] = e0
+        if low_can_charge or _drain(problem, v, home, [s.node for s in stops]) > e0:
+            second = True
+            charges.extend((v, c) for c in chargers)
+            if low_can_charge:
+                first.add(v)
+                lacking = math.ceil(
+                    (vehicle.reserve_pct - vehicle.battery_pct) * ENERGY_UNITS_PER_PCT - 1e-9
+                )
+                for c in chargers:
+                    deficit[(v, where[c])] = lacking + int(_drain(problem, v, home, [c]))
+    if not second:
+        return plan
+    allowed = tuple(
+        tuple(v for v in vehicles if v not in banned) for vehicles in problem.allowed_vehicles
+    )
+    restricted = dataclasses.replace(problem, allowed_vehicles=allowed)
+    served = [k for k, vehicles in enumerate(allowed) if vehicles]
+    nodes, pairs = _layout(restricted, served, charges)
+    energy = _Energy(
+        tuple(constrained), tuple(start), tuple(capacity), tuple(rate), deficit, frozenset(first)
+    )
+    model = _build_model(restricted, nodes, pairs, energy=energy)
+    solution = model.routing.SolveWithParameters(_parameters(restricted, time_limit_s))
+    return None if solution is None else _extract(restricted, nodes, model, solution, energy)
+
+
+def _energy_leg(
+    problem: Problem, energy: _Energy, vehicle: int, nodes: Sequence[_Node], i: int, j: int
+) -> int:
+    """The energy transit (units, <= 0) of `vehicle` from node i to node j.
+
+    Minus the drain of the drive; a robot below its reserve drives to its charger on the
+    deficit instead (counted at the charger), and leaving a charger first pays the deficit.
+    """
+    a, b = nodes[i], nodes[j]
+    drain = 0
+    if a.location >= 0 and b.location >= 0:
+        leg = problem.travel_s[problem.vehicle_class[vehicle]][a.location][b.location]
+        if leg < problem.unreachable:
+            drain = drain_units(problem.vehicles[vehicle], leg * problem.time_resolution_s)
+    if i == vehicle and vehicle in energy.first_charge and b.charge_for == vehicle:
+        drain = 0
+    owed = energy.deficit.get((a.charge_for, a.location), 0) if a.charge_for >= 0 else 0
+    return -drain - owed
+
+
+def _energy_dimension(
+    problem: Problem,
+    nodes: Sequence[_Node],
+    manager: pywrapcp.RoutingIndexManager,
+    routing: pywrapcp.RoutingModel,
+    time: pywrapcp.RoutingDimension,
+    energy: _Energy,
+) -> list[object]:
+    """The "energy" dimension: remaining battery above the reserve, and the charging visits.
+
+    Cumul = energy above the reserve on arrival (units of `ENERGY_UNITS_PER_PCT`), within
+    [0, 100 % - reserve]: never below the reserve. The transit is minus the drain of the drive
+    (`_energy_leg`; one matrix per travel class and drain rate). Only a charging visit has
+    slack, the energy it restores: the time slack there (the time spent charging) is at least
+    the energy slack over the charging speed, and the battery after charging stays within its
+    capacity. Robots outside the rule get a zero transit.
+    """
+    vehicles = problem.vehicles
+    solver = routing.solver()
+    keep: list[object] = []
+    callbacks: dict[tuple[int, float] | None, int] = {}
+    evaluators: list[int] = []
+    for v, vehicle in enumerate(vehicles):
+        key = (problem.vehicle_class[v], vehicle.drain_pct_per_s) if energy.constrained[v] else None
+        if key not in callbacks:
+            size = len(nodes)
+            matrix = (
+                [[0] * size for _ in range(size)]
+                if key is None
+                else [
+                    [_energy_leg(problem, energy, v, nodes, i, j) for j in range(size)]
+                    for i in range(size)
+                ]
+            )
+            if key is not None:
+                # Rows of other robots of this class and drain: their start and charging visits.
+                for w in range(len(vehicles)):
+                    if (
+                        w != v
+                        and energy.constrained[w]
+                        and (problem.vehicle_class[w], vehicles[w].drain_pct_per_s) == key
+                    ):
+                        for i, node in enumerate(nodes):
+                            if i == w or node.charge_for == w:
+                                matrix[i] = [
+                                    _energy_leg(problem, energy, w, nodes, i, j)
+                                    for j in range(size)
+                                ]
+            callbacks[key] = routing.RegisterTransitMatrix(matrix)
+            keep.append(callbacks[key])
+        evaluators.append(callbacks[key])
+    capacities = [max(1, c) for c in energy.capacity]
+    slack_max = max(capacities) + max(energy.deficit.values(), default=0)
+    routing.AddDimensionWithVehicleTransitAndCapacity(
+        evaluators, slack_max, capacities, False, "energy"
+    )
+    dimension = routing.GetDimensionOrDie("energy")
+    for v in range(len(vehicles)):
+        dimension.CumulVar(routing.Start(v)).SetValue(energy.start[v])
+    visits: dict[int, list[int]] = {}
+    for index in range(routing.Size()):
+        node = nodes[manager.IndexToNode(index)]
+        if node.charge_for < 0:
+            dimension.SlackVar(index).SetValue(0)
+        else:
+            visits.setdefault(node.charge_for, []).append(index)
+    for v, indices in sorted(visits.items()):
+        routing.AddDisjunction(indices, CHARGE_PENALTY, 1)
+        for index in indices:
+            routing.VehicleVar(index).SetValues([-1, v])
+            owed = energy.deficit.get((v, nodes[manager.IndexToNode(index)].location), 0)
+            restored = dimension.SlackVar(index)
+            solver.Add(restored * _RATE_DENOMINATOR <= time.SlackVar(index) * energy.rate[v])
+            solver.Add(dimension.CumulVar(index) + restored <= energy.capacity[v] + owed)
+    # A robot below its reserve starts at 0 energy: it can drive nowhere but to its charger
+    # (free, see `_energy_leg`) before charging. (Forcing its first visit with NextVar instead
+    # leaves the cheapest-insertion heuristics without a first solution: their empty routes
+    # break it.)
+    return keep
+
+
+def _charge_times(
+    problem: Problem,
+    vehicle: int,
+    nodes: Sequence[_Node],
+    route: Sequence[int],
+    energy: _Energy | None,
+) -> dict[int, int]:
+    """Position in `route` -> charging time (time units) of each charging visit.
+
+    Just enough for the rest of the route (its drain after the visit, and the deficit of a
+    robot below its reserve), rounded up to whole time units at the modelled charging speed.
+    """
+    if energy is None or not energy.constrained[vehicle]:
+        return {}
+    legs: list[int] = []  # energy transit into each visit of the route
+    prev = vehicle
+    for n in route:
+        legs.append(_energy_leg(problem, energy, vehicle, nodes, prev, n))
+        prev = n
+    result: dict[int, int] = {}
+    level = energy.start[vehicle]
+    for position, n in enumerate(route):
+        level += legs[position]
+        if nodes[n].charge_for != vehicle:
+            continue
+        rest = -sum(legs[position + 1 :])
+        needed = max(0, rest - level)
+        if needed and energy.rate[vehicle] > 0:
+            result[position] = -(-needed * _RATE_DENOMINATOR // energy.rate[vehicle])
+        level += needed
+    return result

@@ -145,24 +145,15 @@ def _check_route(
     dropped: set[str] = set()
     clock = max(snapshot.now, v.available_at)
     here = v.start_node
-    battery = v.battery_pct
-    charged = v.battery_pct >= v.reserve_pct  # a robot below its reserve must charge first
+    _check_battery(snapshot, v, route.stops)
     for stop in route.stops:
-        assert stop.arrival >= clock - 1e-6, "stops must not overlap in time"
+        leg = travel(here, stop.node, v.flow, v.speed_m_s)
+        assert stop.arrival >= clock + leg - 1e-6, "stops must not overlap in time"
         assert stop.departure >= stop.arrival
-        if v.drain_pct_per_s > 0:
-            battery -= v.drain_pct_per_s * travel(here, stop.node, v.flow, v.speed_m_s)
-            if charged:
-                assert battery >= v.reserve_pct - 1e-6, f"{v.robot_id} below its reserve"
         clock, here = stop.departure, stop.node
         if stop.kind is StopKind.CHARGE:
             assert stop.order_ids == ()
-            assert stop.node in snapshot.chargers
-            assert v.drain_pct_per_s > 0 and v.charge_pct_per_s > 0
-            battery = min(100.0, battery + v.charge_pct_per_s * (stop.departure - stop.arrival))
-            charged = True
             continue
-        assert charged, f"{v.robot_id} below its reserve works before charging"
         assert stop.order_ids
         for order_id in stop.order_ids:
             if stop.kind is StopKind.PICKUP:
@@ -196,6 +187,36 @@ def _check_route(
         seen[order_id] = v.robot_id
     assert {o.order_id for o in v.onboard} <= dropped, "onboard orders stay on their robot"
     _check_compartments(plan, v, tasks, on_robot)
+
+
+def _check_battery(snapshot: Snapshot, v: VehicleState, stops: tuple[Stop, ...]) -> None:
+    """The battery never goes below the reserve; a robot below it drives to a charger first.
+
+    The one exception: a robot that cannot keep the rule at all (below its reserve with no way
+    to charge, or not enough charge even for what it carries) only delivers what it carries,
+    with no new task and no charging.
+    """
+    charges = [s for s in stops if s.kind is StopKind.CHARGE]
+    if not v.battery_modelled:
+        assert not charges
+        return
+    for stop in charges:
+        assert stop.node in snapshot.chargers and v.charge_pct_per_s > 0
+    stranded = not charges and not any(s.kind is StopKind.PICKUP for s in stops)
+    battery, here = v.battery_pct, v.start_node
+    charged = battery >= v.reserve_pct
+    for stop in stops:
+        leg = travel(here, stop.node, v.flow, v.speed_m_s)
+        battery -= v.drain_pct_per_s * leg
+        here = stop.node
+        if not charged and leg > 0 and not stranded:
+            assert stop.kind is StopKind.CHARGE, f"{v.robot_id} below its reserve must charge first"
+        if charged and not stranded:
+            assert battery >= v.reserve_pct - 1e-6, f"{v.robot_id} below its reserve"
+        if stop.kind is StopKind.CHARGE:
+            battery = min(100.0, battery + v.charge_pct_per_s * (stop.departure - stop.arrival))
+            assert battery >= v.reserve_pct - 1e-6, "charged back above the reserve"
+            charged = True
 
 
 def _check_load(plan: Plan, v: VehicleState, load: dict[str, tuple[CargoClass, int, int]]) -> None:
@@ -572,6 +593,124 @@ def test_insertion_keeps_the_charging_wait_of_planned_routine_pickups() -> None:
     assert ins.added_cost_s == pytest.approx(10.0)  # eta cost only: the route ends as before
 
 
+# --- 4. battery and charging ---------------------------------------------------------------------
+
+# 0.1 % per second of driving: with 30 % and a 20 % reserve a robot may drive 100 s.
+BATTERY = {
+    "battery_pct": 30.0,
+    "reserve_pct": 20.0,
+    "drain_pct_per_s": 0.1,
+    "charge_pct_per_s": 1.0,
+}
+
+
+def test_enough_battery_changes_nothing() -> None:
+    tasks = (task("T1", "B", "E"),)  # 10 s + 90 s of driving: down to the reserve exactly
+    plain = plan_for(Snapshot(NOW, (robot("R1"),), tasks))
+    battery = plan_for(Snapshot(NOW, (robot("R1", **BATTERY),), tasks, chargers=("W",)))
+    assert battery == plain
+    assert all(s.kind is not StopKind.CHARGE for s in battery.routes["R1"].stops)
+
+
+def test_a_robot_that_would_fall_below_its_reserve_charges_on_the_way() -> None:
+    snapshot = Snapshot(
+        NOW, (robot("R1", **BATTERY),), (task("T1", "E", "A"),), chargers=("C", "X")
+    )
+    plan = plan_for(snapshot)  # check_rules walks the battery
+    stops = plan.routes["R1"].stops
+    assert [(s.node, s.kind, s.order_ids) for s in stops] == [
+        ("C", StopKind.CHARGE, ()),
+        ("E", StopKind.PICKUP, ("T1",)),
+        ("A", StopKind.DROPOFF, ("T1",)),
+    ]
+    # At C after 30 s: 27 %; 170 s more need 17 % above the 20 % reserve: 10 % at 1 %/s.
+    assert (stops[0].arrival, stops[0].departure) == (NOW + 30, NOW + 40)
+    assert plan.eta["T1"] == NOW + 210
+    assert plan.unassigned == ()
+
+
+def test_a_robot_below_its_reserve_charges_first() -> None:
+    low = robot("LOW", "B", onboard=(onboard("O1", "D"),), **{**BATTERY, "battery_pct": 10.0})
+    plan = plan_for(Snapshot(NOW, (low,), (task("T1", "B", "C"),), chargers=("A", "E")))
+    stops = plan.routes["LOW"].stops
+    assert stops[0].kind is StopKind.CHARGE and stops[0].node == "A"
+    # 9 % at A; B -> C -> D afterwards is 60 s (6 %) from A: charge to 26 %, 17 s.
+    assert stops[0].departure - stops[0].arrival == 17
+    assert plan.unassigned == ()
+    idle = plan_for(Snapshot(NOW, (dataclasses.replace(low, onboard=()),), (), chargers=("A",)))
+    assert [s.kind for s in idle.routes["LOW"].stops] == [StopKind.CHARGE]
+
+
+def test_a_robot_below_its_reserve_that_cannot_charge_takes_nothing_new() -> None:
+    low = robot("LOW", "B", onboard=(onboard("O1", "D"),), **{**BATTERY, "battery_pct": 10.0})
+    for chargers, rate in ((), 1.0), (("A",), 0.0):
+        v = dataclasses.replace(low, charge_pct_per_s=rate)
+        snapshot = Snapshot(NOW, (v,), (task("T1", "B", "C"),), chargers=chargers)
+        assert build_problem(snapshot, travel).allowed_vehicles == ((),)
+        plan = plan_for(snapshot)
+        assert plan.unassigned == ("T1",)
+        assert shape(plan, "LOW") == [("D", StopKind.DROPOFF, ("O1",))]
+
+
+def test_without_a_charger_work_goes_to_a_robot_with_battery_left() -> None:
+    weak = robot("WEAK", "B", **BATTERY)
+    strong = robot("STRONG", "X", **{**BATTERY, "battery_pct": 100.0})
+    plan = plan_for(Snapshot(NOW, (weak, strong), (task("T1", "E", "A"),)))
+    assert plan.assignment == {"T1": "STRONG"}
+    alone = plan_for(Snapshot(NOW, (weak,), (task("T1", "E", "A"),)))
+    assert alone.unassigned == ("T1",)
+
+
+def test_battery_input_is_checked() -> None:
+    for field, value in (
+        ("battery_pct", 120.0),
+        ("reserve_pct", -1.0),
+        ("drain_pct_per_s", math.inf),
+        ("charge_pct_per_s", -0.5),
+    ):
+        with pytest.raises(ValueError, match=f"vehicles.{field}"):
+            build_problem(Snapshot(NOW, (robot("R1", **{field: value}),), ()), travel)
+    from fleet.planning import ROUTE_ELIMINATION_SEARCH
+
+    problem = build_problem(
+        Snapshot(NOW, (robot("R1", **BATTERY),), (task("T1"),)),
+        travel,
+        search=ROUTE_ELIMINATION_SEARCH,
+    )
+    with pytest.raises(ValueError, match="route_elimination"):
+        solve(problem, time_limit_s=0.5)
+
+
+def test_insertion_never_takes_a_robot_below_its_reserve() -> None:
+    weak = robot("WEAK", "B", **BATTERY)
+    strong = robot("STRONG", "X", **{**BATTERY, "battery_pct": 100.0})
+    long_trip = task("T1", "E", "A")  # 90 s + 100 s from B: too far for WEAK
+    ins = insert_task(long_trip, [VehicleRoute(weak), VehicleRoute(strong)], travel, NOW, {})
+    assert ins is not None and ins.robot_id == "STRONG"
+    assert insert_task(long_trip, [VehicleRoute(weak)], travel, NOW, {}) is None
+    short = insert_task(task("T2", "C", "D"), [VehicleRoute(weak)], travel, NOW, {})
+    assert short is not None  # 20 s + 30 s
+    # A charging stop already in the route counts: charged at C, WEAK can go on to E and back.
+    charged = (Stop("C", StopKind.CHARGE, (), NOW + 20, NOW + 100),)
+    far = insert_task(long_trip, [VehicleRoute(weak, charged)], travel, NOW, {})
+    assert far is not None
+    assert [s.kind for s in far.stops] == [StopKind.CHARGE, StopKind.PICKUP, StopKind.DROPOFF]
+
+
+def test_insertion_battery_check_covers_every_position() -> None:
+    # Planned: B -> D (50 s of driving, 5 %); 30 % - 5 % leaves 50 s above the reserve.
+    v = robot("R1", "A", capacity=4, **BATTERY)
+    planned = (
+        Stop("B", StopKind.PICKUP, ("P1",), NOW + 10, NOW + 10),
+        Stop("D", StopKind.DROPOFF, ("P1",), NOW + 60, NOW + 60),
+    )
+    facts = {"P1": task("P1", "B", "D")}
+    # W -> X first would add 80 s of driving before B: too much; after D, D -> E -> ... too.
+    assert insert_task(task("N", "W", "X"), [VehicleRoute(v, planned)], travel, NOW, facts) is None
+    ins = insert_task(task("N", "C", "D"), [VehicleRoute(v, planned)], travel, NOW, facts)
+    assert ins is not None  # on the way: no extra driving
+
+
 # --- properties on random small snapshots -------------------------------------------------------
 
 ROBOT_KINDS = (CLEAN_SET, DIRTY_SET, DRUG_SET)
@@ -615,6 +754,10 @@ def rule_snapshots(draw: st.DrawFn) -> Snapshot:
             speed=draw(st.sampled_from([0.5, 1.0])),
             max_payload_kg=draw(st.sampled_from([None, 10.0, 20.0, 5.0])),
             charging_until=draw(st.sampled_from([None, None, NOW + 40.0, NOW + 200.0])),
+            battery_pct=draw(st.sampled_from([100.0, 40.0, 25.0, 10.0])),
+            reserve_pct=draw(st.sampled_from([20.0, 0.0])),
+            drain_pct_per_s=draw(st.sampled_from([0.0, 0.1, 0.3])),
+            charge_pct_per_s=draw(st.sampled_from([1.0, 0.5, 0.0])),
             compartments=draw(st.sampled_from([None, 1, 2, 3, 0])),
         )
         vehicles.append(dataclasses.replace(v, onboard=draw(onboard_for(v))))
@@ -644,7 +787,8 @@ def rule_snapshots(draw: st.DrawFn) -> Snapshot:
                 pinned_compartment=pinned_compartment,
             )
         )
-    return Snapshot(NOW, tuple(vehicles), tuple(tasks))
+    chargers = tuple(draw(st.lists(st.sampled_from(NODES), max_size=2, unique=True)))
+    return Snapshot(NOW, tuple(vehicles), tuple(tasks), chargers)
 
 
 def _servable(snapshot: Snapshot) -> set[str]:
@@ -660,8 +804,10 @@ def test_every_plan_obeys_the_hospital_rules(snapshot: Snapshot) -> None:
     plan = solve(problem, time_limit_s=TIME_LIMIT_S, seed=3)
     check_rules(snapshot, plan)
     assert solve(problem, time_limit_s=TIME_LIMIT_S, seed=3) == plan, "a seed replays"
-    # On this small map every task some robot may serve is served (no hard windows).
-    assert set(plan.unassigned).isdisjoint(_servable(snapshot))
+    # On this small map every task some robot may serve is served (no hard windows), unless
+    # the battery (one charging visit per robot and solve, maybe no charger) stands in the way.
+    if not any(v.battery_modelled for v in snapshot.vehicles):
+        assert set(plan.unassigned).isdisjoint(_servable(snapshot))
 
 
 @settings(max_examples=30, deadline=None)
@@ -691,3 +837,30 @@ def test_every_insertion_obeys_the_hospital_rules(snapshot: Snapshot, data: st.D
     compartment = {oid: rc for oid, rc in plan.compartment.items() if rc[0] != ins.robot_id}
     compartment.update((oid, (ins.robot_id, c)) for oid, c in ins.compartments.items())
     check_rules(after, Plan(new_routes, plan.unassigned, eta, 0, compartment))
+
+
+@st.composite
+def battery_snapshots(draw: st.DrawFn) -> Snapshot:
+    """`rule_snapshots` where every robot has the battery model on and can charge somewhere."""
+    snapshot = draw(rule_snapshots())
+    vehicles = tuple(
+        dataclasses.replace(
+            v,
+            battery_pct=draw(st.sampled_from([60.0, 35.0, 25.0, 10.0])),
+            reserve_pct=20.0,
+            drain_pct_per_s=draw(st.sampled_from([0.1, 0.2])),
+            charge_pct_per_s=draw(st.sampled_from([1.0, 0.25])),
+        )
+        for v in snapshot.vehicles
+    )
+    chargers = tuple(draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=2, unique=True)))
+    return dataclasses.replace(snapshot, vehicles=vehicles, chargers=chargers)
+
+
+@settings(max_examples=25, deadline=None)
+@given(battery_snapshots())
+def test_every_plan_keeps_the_battery_rule(snapshot: Snapshot) -> None:
+    problem = build_problem(snapshot, travel)
+    plan = solve(problem, time_limit_s=TIME_LIMIT_S, seed=5)
+    check_rules(snapshot, plan)
+    assert solve(problem, time_limit_s=TIME_LIMIT_S, seed=5) == plan, "a seed replays"
