@@ -288,13 +288,17 @@ def retime(
 def without_orders(stops: Sequence[Stop], drop: Callable[[str], bool]) -> tuple[Stop, ...]:
     """`stops` without the order ids for which `drop(order_id)` is true.
 
-    Stops left empty disappear; two stops of one kind at one node that become neighbours merge
-    (the longer service is kept). Times are not recomputed (`insert_task` recomputes them anyway;
-    use `retime` otherwise). For the core: drop orders cancelled, finished or re-assigned since
-    the plan was made before passing a robot's future stops to `insert_task`.
+    Stops left empty disappear (CHARGE stops stay); two stops of one kind at one node that become
+    neighbours merge (the longer service is kept). Times are not recomputed (`insert_task`
+    recomputes them anyway; use `retime` otherwise). For the core: drop orders cancelled,
+    finished or re-assigned since the plan was made before passing a robot's future stops to
+    `insert_task`.
     """
     kept: list[Stop] = []
     for stop in stops:
+        if stop.kind is StopKind.CHARGE:
+            kept.append(stop)  # a charging stop has no orders and stays
+            continue
         ids = tuple(oid for oid in stop.order_ids if not drop(oid))
         if not ids:
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -709,6 +710,22 @@ def test_insertion_battery_check_covers_every_position() -> None:
     assert insert_task(task("N", "W", "X"), [VehicleRoute(v, planned)], travel, NOW, facts) is None
     ins = insert_task(task("N", "C", "D"), [VehicleRoute(v, planned)], travel, NOW, facts)
     assert ins is not None  # on the way: no extra driving
+
+
+def test_charging_stops_survive_without_orders_and_problems_pickle() -> None:
+    from fleet.planning.insertion import without_orders
+
+    stops = (
+        Stop("B", StopKind.PICKUP, ("T1",), NOW, NOW),
+        Stop("C", StopKind.CHARGE, (), NOW + 20, NOW + 50),
+        Stop("D", StopKind.DROPOFF, ("T1",), NOW + 80, NOW + 80),
+    )
+    assert without_orders(stops, lambda oid: oid == "T1") == (stops[1],)
+    v = robot("R1", onboard=(onboard("O1", "C", compartment=1),), compartments=2, **BATTERY)
+    t = task("T1", weight_kg=2.0, pinned_robot="R1", pinned_compartment=0)
+    problem = build_problem(Snapshot(NOW, (v,), (t,), chargers=("C",)), travel)
+    assert pickle.loads(pickle.dumps(problem)) == problem
+    assert problem.chargers == ("C",)
 
 
 # --- properties on random small snapshots -------------------------------------------------------
