@@ -157,7 +157,12 @@ def solve(problem: Problem, time_limit_s: float = 2.0, seed: int = 0) -> Plan:
     OR-Tools routing search has no random seed and this function breaks no ties randomly, so the
     result does not depend on it today.
 
-    Without tasks to plan and nothing on board, returns empty routes without calling OR-Tools.
+    With the battery model on for some robot, up to three solves run one after the other (see
+    `_with_charging`), each with `time_limit_s` as its cap; each is greedy descent, so the plan
+    stays deterministic.
+
+    Without tasks to plan, nothing on board and no robot that must charge, returns empty routes
+    without calling OR-Tools.
     If OR-Tools finds no solution at all (e.g. an onboard drop-off that cannot be reached within
     the horizon), falls back to a plan where every task is unassigned and each robot drives
     straight to its onboard drop-offs in the order given (unreachable ones get an infinite

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from fleet.domain.cargo import CargoClass, Flow, flow_of
 from fleet.domain.priority import Priority
 from fleet.planning import (
+    ROUTE_ELIMINATION_SEARCH,
     OnboardTask,
     Plan,
     Snapshot,
@@ -31,7 +33,7 @@ from fleet.planning import (
     build_problem,
     solve,
 )
-from fleet.planning.insertion import VehicleRoute, insert_task
+from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
 from fleet.planning.plan import assign_compartments
 from fleet.planning.problem import grams
 
@@ -597,7 +599,7 @@ def test_insertion_keeps_the_charging_wait_of_planned_routine_pickups() -> None:
 # --- 4. battery and charging ---------------------------------------------------------------------
 
 # 0.1 % per second of driving: with 30 % and a 20 % reserve a robot may drive 100 s.
-BATTERY = {
+BATTERY: dict[str, Any] = {
     "battery_pct": 30.0,
     "reserve_pct": 20.0,
     "drain_pct_per_s": 0.1,
@@ -663,16 +665,16 @@ def test_without_a_charger_work_goes_to_a_robot_with_battery_left() -> None:
 
 
 def test_battery_input_is_checked() -> None:
-    for field, value in (
+    cases: tuple[tuple[str, Any], ...] = (
         ("battery_pct", 120.0),
         ("reserve_pct", -1.0),
         ("drain_pct_per_s", math.inf),
         ("charge_pct_per_s", -0.5),
-    ):
+    )
+    for field, value in cases:
         with pytest.raises(ValueError, match=f"vehicles.{field}"):
-            build_problem(Snapshot(NOW, (robot("R1", **{field: value}),), ()), travel)
-    from fleet.planning import ROUTE_ELIMINATION_SEARCH
-
+            bad = robot("R1", **{field: value})
+            build_problem(Snapshot(NOW, (bad,), ()), travel)
     problem = build_problem(
         Snapshot(NOW, (robot("R1", **BATTERY),), (task("T1"),)),
         travel,
@@ -713,8 +715,6 @@ def test_insertion_battery_check_covers_every_position() -> None:
 
 
 def test_charging_stops_survive_without_orders_and_problems_pickle() -> None:
-    from fleet.planning.insertion import without_orders
-
     stops = (
         Stop("B", StopKind.PICKUP, ("T1",), NOW, NOW),
         Stop("C", StopKind.CHARGE, (), NOW + 20, NOW + 50),
@@ -749,7 +749,7 @@ def onboard_for(draw: st.DrawFn, v: VehicleState) -> tuple[OnboardTask, ...]:
             quantity=draw(st.integers(1, 2)),
             weight_kg=draw(st.sampled_from(WEIGHTS)),
         )
-        if free and draw(st.booleans()):
+        if len(free) > 0 and draw(st.booleans()):
             o = dataclasses.replace(o, compartment=free.pop(draw(st.integers(0, len(free) - 1))))
         trial = dataclasses.replace(v, onboard=(*orders, o))
         if trial.locked:
