@@ -830,6 +830,10 @@ def test_every_plan_obeys_the_hospital_rules(snapshot: Snapshot) -> None:
 @settings(max_examples=30, deadline=None)
 @given(rule_snapshots(), st.data())
 def test_every_insertion_obeys_the_hospital_rules(snapshot: Snapshot, data: st.DataObject) -> None:
+    _check_an_insertion(snapshot, data)
+
+
+def _check_an_insertion(snapshot: Snapshot, data: st.DataObject) -> None:
     """Insert one more random task into the solver's plan; the result keeps every rule."""
     plan = solve(build_problem(snapshot, travel), time_limit_s=TIME_LIMIT_S)
     new = data.draw(rule_snapshots()).tasks
@@ -881,3 +885,9 @@ def test_every_plan_keeps_the_battery_rule(snapshot: Snapshot) -> None:
     plan = solve(problem, time_limit_s=TIME_LIMIT_S, seed=5)
     check_rules(snapshot, plan)
     assert solve(problem, time_limit_s=TIME_LIMIT_S, seed=5) == plan, "a seed replays"
+
+
+@settings(max_examples=25, deadline=None)
+@given(battery_snapshots(), st.data())
+def test_every_insertion_keeps_the_battery_rule(snapshot: Snapshot, data: st.DataObject) -> None:
+    _check_an_insertion(snapshot, data)
