@@ -728,8 +728,8 @@ def _validate_vehicle_rules(v: VehicleState) -> None:
                 )
         if len(set(known)) != len(known):
             raise ValueError(f"vehicles.onboard.compartment: two orders share one on {rid!r}")
-    if v.charging_until is not None and math.isnan(v.charging_until):
-        raise ValueError(f"vehicles.charging_until: is NaN for {rid!r}")
+    if v.charging_until is not None and not math.isfinite(v.charging_until):
+        raise ValueError(f"vehicles.charging_until: must be finite for {rid!r}")
     for name in ("battery_pct", "reserve_pct"):
         value = getattr(v, name)
         if not 0 <= value <= 100:

@@ -559,6 +559,11 @@ def test_stat_goes_first_and_routine_after_charging_on_the_same_robot() -> None:
     assert pickup.arrival >= NOW + 300
 
 
+def test_charging_until_must_be_finite() -> None:
+    with pytest.raises(ValueError, match=r"vehicles\.charging_until"):
+        build_problem(Snapshot(NOW, (robot("R1", charging_until=math.inf),), ()), travel)
+
+
 def test_charging_in_the_past_is_no_restriction() -> None:
     done = robot("R1", "B", charging_until=NOW - 1)
     plan = plan_for(Snapshot(NOW, (done,), (task("R1T", "B", "C"),)))
