@@ -10,7 +10,9 @@ on since the snapshot.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from fleet.domain.priority import Priority
 from fleet.domain.robot import Robot, RobotMode
 from fleet.planning import OnboardTask, Plan, Snapshot, Stop, StopKind, Task, VehicleState
 from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
+from fleet.traffic.lift_waits import LiftWaitEstimator
 from fleet.traffic.reservations import Reservations
 from fleet.traffic.steps import Step, StepKind, steps_for_route
 
@@ -73,6 +76,7 @@ class _RobotRun:
     step_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     sessions: dict[str, str] = field(default_factory=dict)  # resource -> session id held
     in_lift: str = ""  # the car the robot is in (or entering), "" when on the floor
+    lift_called_at: float | None = None  # when its current lift call began (for wait learning)
 
 
 @dataclass
@@ -119,10 +123,13 @@ class FleetCore:
         # One session per car: a car carries one robot at a time until car sharing exists.
         capacities.update({f"lift:{name}": 1 for name in building.lifts})
         self.reservations = Reservations(capacities)
+        # Observed lift waits replace the map's nominal ones in the travel times we plan with.
+        self.lift_waits = LiftWaitEstimator.for_building(building)
         self.step_log: list[m.StepRecord] = []
         self.plan_epoch = 0  # moves when a robot commits to a new stop
         self.plan_version = 0  # counts applied plans
         self.replan_requested = False
+        self._held: set[str] = set()  # open orders left out of the last snapshot: station closed
         self._started_at = clock.now()
         self._grace_over = False
         self._outbox: list[m.Outbound] = []
@@ -600,6 +607,7 @@ class FleetCore:
             self._release(run, f"door:{step.door}")
             self._finish_dispatcher_step(run, step)
         elif step.kind is StepKind.LIFT_CALL:
+            run.lift_called_at = self.clock.now()
             res = f"lift:{step.lift}"
             if self.reservations.request(res, rid):
                 self._call_lift(run, step.lift, step.level)
@@ -707,7 +715,19 @@ class FleetCore:
                 self._finish_dispatcher_step(run, step)
                 if step.kind is StepKind.LIFT_RIDE:
                     run.robot.level = msg.level
+                elif step.kind is StepKind.LIFT_CALL:
+                    self._learn_lift_wait(run, msg.lift_id)
                 self._advance(run)
+
+    def _learn_lift_wait(self, run: _RobotRun, lift: str) -> None:
+        """Count the wait from the robot's call (queueing for the car included) to the car
+        standing open at its level; plan with the learned waits from now on."""
+        called_at, run.lift_called_at = run.lift_called_at, None
+        if called_at is None:
+            return  # a car brought to a robot stuck in it after a restart: not a real call
+        self.lift_waits.observe(lift, self.clock.now() - called_at)
+        if self.graph.set_lift_waits(self.lift_waits.estimates()):
+            self._request_replan()
 
     # ---- faults and time -----------------------------------------------------------------
 
@@ -727,6 +747,12 @@ class FleetCore:
                     )
                     self._mark(order)
         self._evict_finished(now)
+        if any(
+            (o := self.orders.get(oid)) is not None and self._released_at(o, now) <= now
+            for oid in self._held
+        ):
+            self._held.clear()
+            self._request_replan()  # a station opened: its waiting orders can be planned
         # Robots given work by an insertion start here if no plan has started them since.
         for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
             if run.future and run.current_stop is None and run.in_flight is None:
@@ -804,7 +830,18 @@ class FleetCore:
             stops = without_orders(run.future, self._gone_from(run.robot.id, order.id))
             runs.append(run)
             routes.append(VehicleRoute(vehicle, stops))
-        found = insert_task(self._task(order), routes, self.graph.travel_time, now, self.orders)
+        found = None
+        if self._released_at(order, now) <= now:
+            task = self._task(order)
+            # The insertion knows no hard windows: place without them, then check the closing
+            # times; the full solve handles what does not fit.
+            loose = dataclasses.replace(task, pickup_latest=None, dropoff_latest=None)
+            found = insert_task(loose, routes, self.graph.travel_time, now, self.orders)
+            if found is not None and (
+                found.pickup_eta > (task.pickup_latest or math.inf)
+                or found.eta > (task.dropoff_latest or math.inf)
+            ):
+                found = None
         if found is None:
             if order.state is OrderState.ASSIGNED:
                 order.move_to(OrderState.PENDING, now, "no robot can take it now")
@@ -849,11 +886,14 @@ class FleetCore:
             vehicles.append(vehicle)
             if run.current_stop is not None:
                 committed.update(run.current_stop.order_ids)
-        tasks = tuple(
-            self._task(o)
+        open_work = [
+            o
             for o in self.orders.values()
             if o.state in (OrderState.PENDING, OrderState.ASSIGNED) and o.id not in committed
-        )
+        ]
+        released = [o for o in open_work if self._released_at(o, now) <= now]
+        self._held = {o.id for o in open_work} - {o.id for o in released}
+        tasks = tuple(self._task(o) for o in released)
         vehicles.sort(key=lambda v: v.robot_id)
         self.replan_requested = False
         return Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks), self.plan_epoch
@@ -897,9 +937,37 @@ class FleetCore:
             onboard=onboard,
         )
 
+    def _open_until(self, station: str, now: float) -> tuple[float, float]:
+        """When `station` next opens (`now` if open) and when it closes after that (inf: never)."""
+        hours = self.building.stations[station].opening_hours
+        if hours.always_open:
+            return now, math.inf
+        window = hours.next_open_window(now, self.building.utc_offset_s(now))
+        # The loader refuses hours that never open; should one slip through, it is closed.
+        return window if window is not None else (math.inf, math.inf)
+
+    def _released_at(self, o: Order, now: float) -> float:
+        """When the order may be planned: both of its stations open (now for most orders).
+
+        Until then it waits PENDING, so a robot is never sent to a closed station to wait.
+        """
+        return max(
+            self._open_until(o.pickup_station, now)[0],
+            self._open_until(o.dropoff_station, now)[0],
+        )
+
     def _task(self, o: Order) -> Task:
-        """An order not yet on board, as the planner sees it."""
+        """An order not yet on board, as the planner sees it.
+
+        A station with opening hours bounds the start of the work there: it must begin before
+        the station closes (a hard window; the order stays PENDING if no robot can make it).
+        """
         stations = self.building.stations
+        now = self.clock.now()
+        pickup_close = self._open_until(o.pickup_station, now)[1]
+        dropoff_close = self._open_until(o.dropoff_station, now)[1]
+        pickup_service = stations[o.pickup_station].service_time_s
+        dropoff_service = stations[o.dropoff_station].service_time_s
         return Task(
             order_id=o.id,
             pickup_node=stations[o.pickup_station].node,
@@ -909,8 +977,10 @@ class FleetCore:
             priority=o.priority,
             created_at=o.created_at,
             needed_by=o.needed_by,
-            pickup_service_s=stations[o.pickup_station].service_time_s,
-            dropoff_service_s=stations[o.dropoff_station].service_time_s,
+            pickup_service_s=pickup_service,
+            dropoff_service_s=dropoff_service,
+            pickup_latest=None if math.isinf(pickup_close) else pickup_close - pickup_service,
+            dropoff_latest=None if math.isinf(dropoff_close) else dropoff_close - dropoff_service,
         )
 
     def apply_plan(self, plan: Plan, epoch: int) -> bool:
@@ -925,11 +995,11 @@ class FleetCore:
         now = self.clock.now()
         assignments: list[Assignment] = []
         planned: set[str] = set()
-        for run in self.robots.values():
-            if run.robot.id not in plan.routes:
+        for other in self.robots.values():
+            if other.robot.id not in plan.routes:
                 # Not in the snapshot (it connected since, or could not take work): what an
                 # insertion gave it is placed again below, against the new plan.
-                run.future = []
+                other.future = []
         for robot_id, route in plan.routes.items():
             run = self.robots.get(robot_id)
             if run is None or not run.connected:

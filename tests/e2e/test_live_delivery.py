@@ -45,6 +45,12 @@ async def test_order_to_an_or_upstairs_over_grpc(tmp_path: Path) -> None:
     await twin.start()
     channel = grpc.aio.insecure_channel(target)
     try:
+        # The robot's hello is in before the nurse orders, so the first answer can name it.
+        for _ in range(200):
+            run = service.core.robots.get("AMR-01")
+            if run is not None and run.connected:
+                break
+            await asyncio.sleep(0.01)
         stub = orders_pb2_grpc.OrderServiceStub(channel)
         created = await stub.CreateOrder(
             orders_pb2.CreateOrderRequest(

@@ -391,11 +391,11 @@ def test_readme_error_examples_are_real() -> None:
 def test_demo_map_hours() -> None:
     building = load_building(DEMO)
     assert building.timezone == "UTC"
-    dispenser = building.stations["GOWN-DISPENSER"].opening_hours
-    assert dispenser.describe() == "mon-fri 06:00-22:00; sat,sun 06:00-20:00"
     assert building.stations["PHARMACY"].opening_hours.always_open
+    # Every station is open round the clock: the demo and the live tests run on the wall clock,
+    # at any hour. Opening hours are exercised on maps made in the tests.
     limited = [s.name for s in building.stations.values() if not s.opening_hours.always_open]
-    assert limited == ["GOWN-DISPENSER"]
+    assert limited == []
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
