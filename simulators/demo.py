@@ -146,6 +146,7 @@ async def run_demo(args: argparse.Namespace, out: list[str] | None = None) -> di
                 quantity=cmd.quantity,
                 priority=convert.PRIORITY_TO_PB[cmd.priority],
                 requested_by=cmd.requested_by,
+                weight_kg=cmd.weight_kg,
             )
             if cmd.needed_by is not None:
                 req.needed_by.CopyFrom(convert.ts(max(cmd.needed_by, clock.now() + 60)))

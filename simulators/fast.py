@@ -8,6 +8,7 @@ on the way (the in-process transport), so the twin exercises the same contract a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -49,6 +50,8 @@ DIRTY_CLASSES = frozenset({CargoClass.SOILED, CargoClass.WASTE})
 # After the last order is placed, robots get this long to finish before the run ends.
 DRAIN_S = 2 * 3600.0
 TICK_S = 5.0
+# A return leg placed before its outbound arrived is tried again this much later.
+RETURN_RETRY_S = 60.0
 
 P = TypeVar("P", bound=Message)
 
@@ -62,7 +65,11 @@ def wire(msg: P) -> P:
 
 def fleet_specs(building: Building, robots: int) -> list[RobotSpec]:
     """A mixed fleet: about a third waste robots (dirty flow), the rest material robots,
-    starting at chargers and parking spots."""
+    starting at chargers and parking spots.
+
+    Material robots have four lockable compartments (one order each, so a controlled drug's
+    return rides where it came) and carry up to 60 kg; waste carts are one open bin of 120 kg.
+    """
     homes = sorted(
         s.node
         for s in building.stations.values()
@@ -80,6 +87,8 @@ def fleet_specs(building: Building, robots: int) -> list[RobotSpec]:
                 capacity_slots=4,
                 speed_m_s=1.0,
                 model="WasteCart-2" if is_dirty else "Courier-4",
+                max_payload_kg=120.0 if is_dirty else 60.0,
+                compartments=0 if is_dirty else 4,
             )
         )
     return specs
@@ -125,6 +134,8 @@ class FastTwin:
         self.solver = solver or functools.partial(solve, time_limit_s=solve_time_limit_s, seed=seed)
         self._replan_scheduled = False
         self.rejected: list[str] = []
+        self._tagged: dict[str, str] = {}  # TimedOrder.tag -> id of the order placed for it
+        self._returns_waiting = 0  # return legs waiting for their outbound to arrive
         self.robots: dict[str, SimRobot] = {}
         for spec in specs:
             self._add_robot(spec)
@@ -210,21 +221,51 @@ class FastTwin:
         self.loop.call_later(TICK_S, self._tick)
 
     def place(self, timed: TimedOrder) -> None:
-        """Schedule an order to be placed at its time, as a nurse would."""
+        """Schedule an order to be placed at its time, as a nurse would.
+
+        A return leg (`timed.return_of_tag`) gets the id of the outbound order placed for that
+        tag as its `return_of`. As a nurse can only send back drugs she has received, it waits
+        (checking every minute) while the outbound is still on its way; it is not placed if the
+        outbound never arrives (noted in `rejected`). A tag never placed in this run (the
+        outbound fell before its start) leaves the return an ordinary order.
+        """
 
         def create() -> None:
+            cmd = timed.order
+            outbound_id = self._tagged.get(timed.return_of_tag, "")
+            if outbound_id:
+                outbound = self.core.orders.get(outbound_id)
+                state = outbound.state if outbound is not None else OrderState.DELIVERED
+                if not state.terminal:
+                    self._returns_waiting += 1
+                    self.loop.call_later(RETURN_RETRY_S, retry)
+                    return
+                if state is not OrderState.DELIVERED:
+                    self.rejected.append(
+                        f"{cmd.pickup_station}->{cmd.dropoff_station}: return of "
+                        f"{outbound_id} not placed, the outbound is {state.value}"
+                    )
+                    return
+                cmd = dataclasses.replace(cmd, return_of=outbound_id)
             try:
-                self.handle(timed.order)
+                created = self.handle(cmd)
             except DomainError as exc:
-                self.rejected.append(
-                    f"{timed.order.pickup_station}->{timed.order.dropoff_station}: {exc}"
-                )
+                self.rejected.append(f"{cmd.pickup_station}->{cmd.dropoff_station}: {exc}")
+                return
+            if timed.tag and created is not None:
+                self._tagged[timed.tag] = created.id
+
+        def retry() -> None:
+            self._returns_waiting -= 1
+            create()
 
         self.loop.call_later(max(0.0, timed.at - self.clock.now()), create)
 
     def all_done(self) -> bool:
-        """True when every order the core knows is finished."""
-        return all(o.state.terminal for o in self.core.orders.values())
+        """True when every order the core knows is finished and no return leg waits."""
+        return self._returns_waiting == 0 and all(
+            o.state.terminal for o in self.core.orders.values()
+        )
 
     def run_until(
         self, t: float, stop_when_done: bool = False, stop: Callable[[], bool] | None = None

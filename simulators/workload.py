@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet.building.model import Building, StationKind
 from fleet.dispatch.messages import CreateOrder
@@ -18,10 +18,35 @@ from fleet.domain.priority import Priority
 
 @dataclass(frozen=True)
 class TimedOrder:
-    """An order and the simulated time it is placed."""
+    """An order and the simulated time it is placed.
+
+    Order ids are only known once the dispatcher accepts an order, so a return leg names its
+    outbound by a tag: `tag` labels an order of the workload, and `return_of_tag` makes this one
+    the return of the order with that tag. The twin (`FastTwin.place`) fills in
+    `CreateOrder.return_of` with the outbound's id when it places the return.
+    """
 
     at: float
     order: CreateOrder
+    tag: str = ""
+    return_of_tag: str = ""
+
+
+KG_PER_SLOT: dict[CargoClass, float] = {
+    CargoClass.STERILE: 5.0,
+    CargoClass.CLEAN: 4.0,
+    CargoClass.LINEN: 3.0,
+    CargoClass.SOILED: 6.0,
+    CargoClass.WASTE: 8.0,
+    CargoClass.CONTROLLED_DRUG: 1.0,
+}
+"""Typical weight of one compartment slot of each cargo class: the workloads' order weights
+(a fixed table rather than a draw, so adding weights changed no seeded workload)."""
+
+
+def weight_kg(cargo: CargoClass, quantity: int) -> float:
+    """The weight the workloads give `quantity` slots of `cargo`."""
+    return KG_PER_SLOT[cargo] * quantity
 
 
 @dataclass(frozen=True)
@@ -109,17 +134,20 @@ def standard_workload(
                 if roll < acc:
                     priority, minutes = p, mins
                     break
+            cargo = rng.choice(line.cargo)
+            quantity = rng.randint(*line.quantity)
             out.append(
                 TimedOrder(
                     at=t,
                     order=CreateOrder(
                         pickup_station=rng.choice(pickups),
                         dropoff_station=rng.choice(drops),
-                        cargo_class=rng.choice(line.cargo),
-                        quantity=rng.randint(*line.quantity),
+                        cargo_class=cargo,
+                        quantity=quantity,
                         priority=priority,
                         needed_by=t + minutes * 60.0,
                         requested_by="sim-nurse",
+                        weight_kg=weight_kg(cargo, quantity),
                     ),
                 )
             )
@@ -159,6 +187,7 @@ class _DayBuilder:
     end: float
     rng: random.Random
     out: list[TimedOrder]
+    tags: set[str] = field(default_factory=set)  # tags of the orders kept
 
     def stations(self, *kinds: StationKind) -> list[str]:
         return _stations(self.building, kinds)
@@ -173,10 +202,19 @@ class _DayBuilder:
         priority: Priority,
         needed_by: float,
         note: str,
+        tag: str = "",
+        return_of_tag: str = "",
     ) -> None:
-        """Keep the order if it is placed inside the run; needed-by never before placement."""
+        """Keep the order if it is placed inside the run; needed-by never before placement.
+
+        `tag` / `return_of_tag`: see `TimedOrder`. A return whose outbound fell before the
+        run is an ordinary order (its drugs were sent before the twin started)."""
         if not self.start <= at < self.end:
             return
+        if tag:
+            self.tags.add(tag)
+        if return_of_tag not in self.tags:
+            return_of_tag = ""
         self.out.append(
             TimedOrder(
                 at=at,
@@ -189,7 +227,10 @@ class _DayBuilder:
                     needed_by=max(needed_by, at + 5 * MIN_S),
                     requested_by="sim-hospital-day",
                     note=note,
+                    weight_kg=weight_kg(cargo, quantity),
                 ),
+                tag=tag,
+                return_of_tag=return_of_tag,
             )
         )
 
@@ -219,7 +260,9 @@ def hospital_day_workload(
       warehouse port when the map has no sterile core) needed 30-60 minutes before the case and
       ordered 45-75 minutes before that; consumables from a warehouse port for half the cases;
       the controlled drugs from PHARMACY needed 15-30 minutes before the case; the return of
-      the unused drugs to PHARMACY 5-20 minutes after the case (needed back within an hour);
+      the unused drugs to PHARMACY 5-20 minutes after the case (needed back within an hour), a
+      real return leg (`TimedOrder.return_of_tag`: on the robot and in the compartment that
+      brought them);
       for a quarter of the cases an URGENT intra-operative request (needed in 30-45 minutes).
     - Wards: replenishment of clean supplies and linen from the warehouse, two rounds a day
       (08:00-11:00 and 13:00-16:00, about 2.5 orders an hour per ward, a fifth of them URGENT),
@@ -230,7 +273,8 @@ def hospital_day_workload(
     - Waste rounds: every two hours, every soiled-utility room sends its waste (and, half the
       time, soiled linen) to the waste station, needed within the hour.
 
-    Stations the map lacks are left out. The same seed gives the same day.
+    Every order weighs `KG_PER_SLOT` per slot. Stations the map lacks are left out. The same
+    seed gives the same day.
     """
     rng = random.Random(seed)
     end = start + hours * HOUR_S
@@ -290,8 +334,11 @@ def _surgery(day: _DayBuilder, midnight: float) -> None:
                     Priority.ROUTINE,
                     drug_by,
                     "controlled drugs for the case",
+                    tag=f"drugs {room} {case:.0f}",
                 )
                 back_at = case + length + rng.uniform(5, 20) * MIN_S
+                # The return leg of those drugs: same robot, same compartment, back to the
+                # pharmacy that issued them.
                 day.add(
                     back_at,
                     room,
@@ -301,6 +348,7 @@ def _surgery(day: _DayBuilder, midnight: float) -> None:
                     Priority.ROUTINE,
                     back_at + 60 * MIN_S,
                     "controlled drugs returned",
+                    return_of_tag=f"drugs {room} {case:.0f}",
                 )
             if ports and rng.random() < 0.25:
                 at = case + rng.uniform(0.2, 0.8) * length

@@ -6,6 +6,8 @@ exchanges exactly the bytes a vendor's robot would.
 
 from __future__ import annotations
 
+import math
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fleet.building.model import Building
@@ -15,7 +17,7 @@ from fleet.domain.errors import InvalidArgument
 from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.domain.robot import RobotCapabilities, RobotMode
-from fleet.traffic.steps import StepKind
+from fleet.traffic.steps import Step, StepKind
 from fleet.v1 import common_pb2, infrastructure_pb2, orders_pb2, robot_pb2
 
 CARGO_TO_PB = {
@@ -128,6 +130,8 @@ def create_order_from_pb(req: orders_pb2.CreateOrderRequest) -> m.CreateOrder:
         needed_by=seconds(req.needed_by) if req.HasField("needed_by") else None,
         requested_by=req.requested_by,
         note=req.note,
+        weight_kg=req.weight_kg,
+        return_of=req.return_of.strip(),
     )
 
 
@@ -146,6 +150,10 @@ def order_to_pb(order: Order) -> orders_pb2.Order:
         robot_id=order.robot_id or "",
         created_at=ts(order.created_at),
         failure_reason=order.failure_reason,
+        weight_kg=order.weight_kg,
+        return_of=order.return_of,
+        # Compartments are numbered from 1 on the wire, so that 0 (unset) means "not known".
+        compartment=0 if order.compartment is None else order.compartment + 1,
     )
     if order.needed_by is not None:
         pb.needed_by.CopyFrom(ts(order.needed_by))
@@ -213,12 +221,18 @@ def hello_from_pb(h: robot_pb2.RobotHello) -> m.RobotHello:
         raise InvalidArgument("hello.cargo_classes", "at least one cargo class is required")
     if not h.current_node:
         raise InvalidArgument("hello.current_node", "is required")
+    if not (h.max_payload_kg >= 0 and math.isfinite(h.max_payload_kg)):
+        raise InvalidArgument("hello.max_payload_kg", "must be a finite number >= 0 (0: no limit)")
+    if h.compartments < 0:
+        raise InvalidArgument("hello.compartments", "must be >= 0 (0: no compartment rule)")
     caps = RobotCapabilities(
         vendor=h.vendor,
         model=h.model,
         cargo_classes=frozenset(classes),
         capacity_slots=h.capacity_slots,
         max_speed_m_s=h.max_speed_m_s,
+        max_payload_kg=h.max_payload_kg or None,
+        compartments=h.compartments or None,
     )
     return m.RobotHello(
         robot_id=h.robot_id,
@@ -273,12 +287,36 @@ def dispatcher_message_to_pb(
             )
         )
     elif step.kind is StepKind.PICKUP:
-        cmd.pickup.CopyFrom(robot_pb2.PickupStep(station=step.station, quantity=step.quantity))
+        cmd.pickup.CopyFrom(
+            robot_pb2.PickupStep(
+                station=step.station, quantity=step.quantity, compartments=_compartments(step)
+            )
+        )
     elif step.kind is StepKind.DROPOFF:
-        cmd.dropoff.CopyFrom(robot_pb2.DropoffStep(station=step.station, quantity=step.quantity))
+        cmd.dropoff.CopyFrom(
+            robot_pb2.DropoffStep(
+                station=step.station, quantity=step.quantity, compartments=_compartments(step)
+            )
+        )
+    elif step.kind is StepKind.CHARGE:
+        cmd.charge.CopyFrom(
+            robot_pb2.ChargeStep(
+                station=step.station,
+                target_percent=step.target_percent,
+                max_duration_s=step.max_duration_s,
+            )
+        )
     else:  # pragma: no cover - dispatcher-side steps are never sent
         raise ValueError(f"{step.kind} is not a robot step")
     return robot_pb2.DispatcherMessage(step=cmd)
+
+
+def _compartments(step: Step) -> list[robot_pb2.CompartmentUse]:
+    """A step's compartments on the wire: numbered from 1, as labelled on the robot."""
+    return [
+        robot_pb2.CompartmentUse(order_id=order_id, compartment=index + 1)
+        for order_id, index in step.compartments
+    ]
 
 
 def _pose(building: Building, node: str) -> common_pb2.Pose:

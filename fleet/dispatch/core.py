@@ -14,21 +14,23 @@ import dataclasses
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleet.building.graph import BuildingGraph, NoRoute
-from fleet.building.model import Building
+from fleet.building.model import Building, StationKind
 from fleet.clock import Clock
 from fleet.dispatch import messages as m
 from fleet.dispatch.ports import Assignment, FleetStore
-from fleet.domain.cargo import flow_of
+from fleet.domain.cargo import CargoClass, flow_of
 from fleet.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from fleet.domain.order import Order, OrderEvent, OrderState
 from fleet.domain.priority import Priority
-from fleet.domain.robot import Robot, RobotMode
+from fleet.domain.robot import Robot, RobotCapabilities, RobotMode
 from fleet.planning import OnboardTask, Plan, Snapshot, Stop, StopKind, Task, VehicleState
 from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
+from fleet.planning.plan import assign_compartments
+from fleet.planning.problem import grams
 from fleet.traffic.lift_waits import LiftWaitEstimator
 from fleet.traffic.reservations import Reservations
 from fleet.traffic.steps import Step, StepKind, steps_for_route
@@ -49,6 +51,15 @@ class CoreConfig:
     # A new order gets a robot and an ETA at once from a cheap insertion into the current plan
     # (the full re-optimization follows). Off, a new order waits PENDING for the next plan.
     insert_on_create: bool = True
+    # Battery, as the planner models it (robots do not announce these; the defaults match a
+    # 10 km robot at 1 m/s charging from empty to full in about half an hour). A route never
+    # takes a robot below the reserve: the planner puts a charging stop into it instead.
+    # A drain of 0 switches the battery model off.
+    battery_reserve_pct: float = 20.0
+    battery_drain_pct_per_s: float = 0.01
+    battery_charge_pct_per_s: float = 0.05
+    # An idle robot standing at a charger charges while it waits for work (any work ends it).
+    top_up_below_pct: float = 95.0
 
 
 @dataclass
@@ -77,6 +88,8 @@ class _RobotRun:
     sessions: dict[str, str] = field(default_factory=dict)  # resource -> session id held
     in_lift: str = ""  # the car the robot is in (or entering), "" when on the floor
     lift_called_at: float | None = None  # when its current lift call began (for wait learning)
+    charge_from: float = 0.0  # when its current charging stop is expected to begin
+    topping_up: bool = False  # charging while idle: ends as soon as it is given work
 
 
 @dataclass
@@ -135,10 +148,18 @@ class FleetCore:
         self._outbox: list[m.Outbound] = []
         self._dirty: dict[str, Order] = {}
         self._sessions = itertools.count(1)
+        self._action_ids = itertools.count(1)
+        self._chargers = tuple(
+            sorted(s.node for s in building.stations.values() if s.kind is StationKind.CHARGER)
+        )
         # Session ids stay unique across restarts, so a controller never mistakes a new
         # dispatcher's request for a repeat of an old one.
         self._boot = f"{int(clock.now()):x}"
-        self._known_robots = {r.id for r in store.load_robots()}
+        known = store.load_robots()
+        self._known_robots = {r.id for r in known}
+        # What every robot ever seen can carry (weight, compartments): an order too heavy for
+        # all of them is refused at once rather than left pending forever.
+        self._capabilities: dict[str, RobotCapabilities] = {r.id: r.capabilities for r in known}
         self._next_order = store.max_order_number() + 1
         self._speed_limits = {
             (lane.start, lane.end): lane.speed_limit_m_s for lane in building.lanes
@@ -234,10 +255,98 @@ class FleetCore:
                 f"no {flow.value.lower()}-flow route from {cmd.pickup_station} "
                 f"to {cmd.dropoff_station} for {cmd.cargo_class.value} cargo",
             )
+        outbound = self._check_return(cmd, cmd.cargo_class) if cmd.return_of else None
+        self._check_weight(cmd, cmd.cargo_class, outbound)
+
+    def _check_return(self, cmd: m.CreateOrder, cargo: CargoClass) -> Order:
+        """The outbound order of a controlled drug's return leg, checked as a pharmacist would.
+
+        Unused drugs go back the way they came, sealed in the compartment that brought them:
+        the outbound must be a delivered controlled-drug order (not itself a return); the return
+        is a controlled drug too, picked up where the outbound was delivered, dropped off where
+        it was picked up (the issuing pharmacy, which reconciles the custody unit), needs no
+        more slots than the outbound, and rides on the robot that delivered the outbound, which
+        the dispatcher must still know. One open return per outbound at a time.
+        """
+        if cargo is not CargoClass.CONTROLLED_DRUG:
+            raise InvalidArgument(
+                "cargo_class", f"a return (return_of) must be CONTROLLED_DRUG, got {cargo.value}"
+            )
+        outbound = self.orders.get(cmd.return_of) or self.store.get_order(cmd.return_of)
+        if outbound is None:
+            raise InvalidArgument("return_of", f"unknown order {cmd.return_of!r}")
+        if outbound.return_of:
+            raise InvalidArgument("return_of", f"{outbound.id} is itself a return")
+        if outbound.cargo_class is not CargoClass.CONTROLLED_DRUG:
+            raise InvalidArgument("return_of", f"{outbound.id} is not a controlled-drug order")
+        if outbound.state is not OrderState.DELIVERED:
+            raise InvalidArgument(
+                "return_of",
+                f"{outbound.id} is {outbound.state.value}; only a delivered order has a return",
+            )
+        if cmd.pickup_station != outbound.dropoff_station:
+            raise InvalidArgument(
+                "pickup_station",
+                f"a return is picked up where {outbound.id} was delivered "
+                f"({outbound.dropoff_station})",
+            )
+        if cmd.dropoff_station != outbound.pickup_station:
+            raise InvalidArgument(
+                "dropoff_station",
+                f"a return goes back where {outbound.id} came from ({outbound.pickup_station})",
+            )
+        if cmd.quantity > outbound.quantity:
+            raise InvalidArgument(
+                "quantity",
+                f"a return takes at most the {outbound.quantity} slot(s) of {outbound.id}",
+            )
+        if outbound.robot_id is None or not self.known_robot(outbound.robot_id):
+            raise InvalidArgument(
+                "return_of", f"the robot that delivered {outbound.id} is no longer known"
+            )
+        for other in self.orders.values():
+            if other.return_of == outbound.id and other.state in (
+                OrderState.PENDING,
+                OrderState.ASSIGNED,
+                OrderState.PICKED_UP,
+            ):
+                raise InvalidArgument(
+                    "return_of", f"{outbound.id} already has an open return, {other.id}"
+                )
+        return outbound
+
+    def _check_weight(self, cmd: m.CreateOrder, cargo: CargoClass, outbound: Order | None) -> None:
+        """The weight must be a number >= 0 that some robot allowed to carry the cargo can take.
+
+        Robots are judged by the models they announced (every robot ever seen, connected or
+        not). While no robot for this cargo has said hello yet, any weight is accepted and the
+        order waits. A return must fit the robot it is pinned to.
+        """
+        weight = cmd.weight_kg
+        if not 0 <= weight < math.inf:
+            raise InvalidArgument("weight_kg", f"must be a finite number >= 0, got {weight}")
+        if weight == 0:
+            return
+        pinned = outbound.robot_id if outbound is not None else None
+        models = [
+            caps
+            for rid, caps in self._capabilities.items()
+            if caps.can_carry(cargo) and (pinned is None or rid == pinned)
+        ]
+        if models and not any(
+            c.max_payload_kg is None or grams(weight) <= grams(c.max_payload_kg) for c in models
+        ):
+            most = max(c.max_payload_kg or 0.0 for c in models)
+            whom = f"robot {pinned}" if pinned else f"every robot that may carry {cargo.value}"
+            raise InvalidArgument(
+                "weight_kg", f"{weight:g} kg is too heavy for {whom} (at most {most:g} kg)"
+            )
 
     def _create_order(self, cmd: m.CreateOrder) -> Order:
         self.validate_order(cmd)
         assert cmd.cargo_class is not None
+        # A return rides where its outbound rode: the same robot, the same compartment.
+        outbound = self._check_return(cmd, cmd.cargo_class) if cmd.return_of else None
         now = self.clock.now()
         order = Order(
             id=f"ORD-{self._next_order:06d}",
@@ -250,6 +359,10 @@ class FleetCore:
             needed_by=cmd.needed_by,
             requested_by=cmd.requested_by,
             note=cmd.note,
+            weight_kg=cmd.weight_kg,
+            return_of=cmd.return_of,
+            compartment=outbound.compartment if outbound else None,
+            pinned_robot=outbound.robot_id if outbound else None,
         )
         order.history.append(OrderEvent(at=now, state=OrderState.PENDING, detail="accepted"))
         # Durable before acknowledged: if the store refuses, nothing changes here.
@@ -257,8 +370,8 @@ class FleetCore:
         self._next_order += 1
         self.orders[order.id] = order
         self._outbox.append(m.OrderChanged(copy.deepcopy(order)))
-        if self.config.insert_on_create:
-            self._insert(order, "first answer")
+        if self.config.insert_on_create and self._insert(order, "first answer"):
+            self._preempt_charging()
         self._request_replan()
         return copy.deepcopy(order)
 
@@ -336,6 +449,10 @@ class FleetCore:
             raise InvalidArgument("capacity_slots", "must be at least 1")
         if caps.max_speed_m_s <= 0:
             raise InvalidArgument("max_speed_m_s", "must be greater than 0")
+        if caps.max_payload_kg is not None and not 0 < caps.max_payload_kg < math.inf:
+            raise InvalidArgument("max_payload_kg", "must be finite and greater than 0")
+        if caps.compartments is not None and caps.compartments < 1:
+            raise InvalidArgument("compartments", "must be at least 1")
         old = self.robots.get(msg.robot_id)
         if old is not None and old.connected:
             # A second hello on a live robot: it restarted; drop what it was doing.
@@ -368,6 +485,7 @@ class FleetCore:
                     self._mark(order)
         self.store.upsert_robot(robot)
         self._known_robots.add(robot.id)
+        self._capabilities[robot.id] = caps
         self._outbox.append(
             m.WelcomeRobot(msg.robot_id, self.building.name, self.config.state_interval_s)
         )
@@ -470,6 +588,8 @@ class FleetCore:
                 self._mark(order)
             # A finished task frees capacity and time: the rest of the plan may improve.
             self._request_replan()
+        elif step.kind is StepKind.CHARGE:
+            run.topping_up = False
         if node and node in self.building.nodes:
             robot.node = node
         robot.level = self.building.nodes[robot.node].level
@@ -501,7 +621,8 @@ class FleetCore:
                     run.current_stop = None
                 if not self._start_next_stop(run):
                     robot.mode = RobotMode.IDLE
-                    return
+                    if not self._top_up(run):
+                        return
                 continue
             step = run.steps[0]
             if step.kind is StepKind.PICKUP:
@@ -528,7 +649,12 @@ class FleetCore:
             return step
         quantity = sum(self.orders[oid].quantity for oid in ids)
         fresh = Step(
-            step.kind, station=step.station, order_ids=ids, quantity=quantity, to_node=step.to_node
+            step.kind,
+            station=step.station,
+            order_ids=ids,
+            quantity=quantity,
+            to_node=step.to_node,
+            compartments=tuple(c for c in step.compartments if c[0] in ids),
         )
         run.steps[0] = fresh
         return fresh
@@ -537,6 +663,10 @@ class FleetCore:
         """Take the next stop of the robot's plan and expand it into steps."""
         while run.future:
             stop = run.future.pop(0)
+            if stop.kind is StopKind.CHARGE:
+                if self._start_charge_stop(run, stop):
+                    return True
+                continue
             ids = tuple(oid for oid in stop.order_ids if self._still_wanted(run, stop, oid))
             if not ids:
                 continue
@@ -554,7 +684,14 @@ class FleetCore:
             quantity = sum(self.orders[oid].quantity for oid in ids)
             kind = StepKind.PICKUP if stop.kind is StopKind.PICKUP else StepKind.DROPOFF
             steps.append(
-                Step(kind, station=station, order_ids=ids, quantity=quantity, to_node=stop.node)
+                Step(
+                    kind,
+                    station=station,
+                    order_ids=ids,
+                    quantity=quantity,
+                    to_node=stop.node,
+                    compartments=self._compartments_of(ids),
+                )
             )
             run.steps = deque(steps)
             run.current_stop = stop
@@ -565,6 +702,82 @@ class FleetCore:
             self.plan_epoch += 1
             return True
         return False
+
+    def _start_charge_stop(self, run: _RobotRun, stop: Stop) -> bool:
+        """Drive to the charger and charge for the planned time (or until full)."""
+        robot = run.robot
+        caps = robot.capabilities
+        station = self._station_at(stop.node)
+        try:
+            route = self.graph.route(robot.node, stop.node, caps.flow, caps.max_speed_m_s)
+        except NoRoute:
+            return False  # the next plan finds another charger
+        steps = steps_for_route(route, self._speed_limits)
+        planned = max(0.0, stop.departure - stop.arrival)
+        steps.append(
+            Step(
+                StepKind.CHARGE,
+                station=station,
+                to_node=stop.node,
+                target_percent=100.0,
+                max_duration_s=planned,
+            )
+        )
+        run.steps = deque(steps)
+        run.current_stop = stop
+        run.charge_from = self.clock.now() + route.time_s
+        run.stop_departure = run.charge_from + planned
+        robot.mode = RobotMode.BUSY
+        self.plan_epoch += 1
+        return True
+
+    def _top_up(self, run: _RobotRun) -> bool:
+        """Start charging an idle robot that stands at a charger and is not full."""
+        robot = run.robot
+        cfg = self.config
+        if (
+            cfg.battery_drain_pct_per_s <= 0
+            or robot.node not in self._chargers
+            or robot.battery_percent >= cfg.top_up_below_pct
+        ):
+            return False
+        now = self.clock.now()
+        station = self._station_at(robot.node)
+        step = Step(StepKind.CHARGE, station=station, to_node=robot.node, target_percent=100.0)
+        run.steps = deque([step])
+        # The planner keeps seeing an idle robot here (no new epoch): it is free at once.
+        run.current_stop = Stop(robot.node, StopKind.CHARGE, (), now, now)
+        run.stop_departure = run.charge_from = now
+        run.topping_up = True
+        robot.mode = RobotMode.CHARGING
+        return True
+
+    def _preempt_charging(self) -> None:
+        """A robot charging while idle leaves as soon as it has work; one on a planned charge
+        leaves early only for a STAT order."""
+        for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
+            flight = run.in_flight
+            if flight is None or flight[1].kind is not StepKind.CHARGE or not run.future:
+                continue
+            first = run.future[0]
+            stat = any(
+                (o := self.orders.get(oid)) is not None and o.priority is Priority.STAT
+                for oid in first.order_ids
+            )
+            if not (stat or run.topping_up):
+                continue
+            why = "STAT order" if stat else "work"
+            self._outbox.append(
+                m.SendInstantAction(
+                    run.robot.id, next(self._action_ids), m.InstantKind.CANCEL_STEP, why
+                )
+            )
+            self._log(run, f"charging cut short for {','.join(first.order_ids)}", "PREEMPT")
+            run.topping_up = False
+            run.in_flight = None
+            run.steps.clear()
+            run.current_stop = None
+            self._advance(run)
 
     def _still_wanted(self, run: _RobotRun, stop: Stop, oid: str) -> bool:
         order = self.orders.get(oid)
@@ -798,6 +1011,7 @@ class FleetCore:
         run.waiting = None
         run.steps.clear()
         run.current_stop = None
+        run.topping_up = False
         run.future = []
         for order in self.orders.values():
             if order.robot_id != run.robot.id or order.state.terminal:
@@ -857,6 +1071,7 @@ class FleetCore:
             )
         order.eta = found.eta
         self._mark(order)
+        self._record_compartments(run, found.stops, found.compartments)
         return True
 
     def _gone_from(self, robot_id: str, placing: str) -> Callable[[str], bool]:
@@ -896,7 +1111,9 @@ class FleetCore:
         tasks = tuple(self._task(o) for o in released)
         vehicles.sort(key=lambda v: v.robot_id)
         self.replan_requested = False
-        return Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks), self.plan_epoch
+        chargers = self._chargers if self.config.battery_drain_pct_per_s > 0 else ()
+        snap = Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks, chargers=chargers)
+        return snap, self.plan_epoch
 
     def _vehicle(self, run: _RobotRun, now: float) -> VehicleState | None:
         """A robot as the planner sees it: where and when it is free after its committed stop,
@@ -904,15 +1121,35 @@ class FleetCore:
         r = run.robot
         if not run.connected or r.mode in (RobotMode.FAULT, RobotMode.OFFLINE, RobotMode.PAUSED):
             return None
+        cfg = self.config
         onboard_ids = set(r.carrying)
         start, available = r.node, now
-        stop = run.current_stop
-        if stop is not None:
+        charging_until: float | None = None
+        stop = None if run.topping_up else run.current_stop
+        if stop is not None and stop.kind is StopKind.CHARGE:
+            # On (or driving to) its charger: STAT work may take it at once, other work waits
+            # for the charge (the planner's rule for `charging_until`).
+            start, available = stop.node, max(now, run.charge_from)
+            charging_until = max(available, run.stop_departure)
+        elif stop is not None:
             start, available = stop.node, max(now, run.stop_departure)
             if stop.kind is StopKind.PICKUP:
                 onboard_ids.update(stop.order_ids)
             else:
                 onboard_ids.difference_update(stop.order_ids)
+        # What the drive to the committed stop will still cost (service time counted as
+        # driving: on the safe side).
+        battery = max(0.0, r.battery_percent - cfg.battery_drain_pct_per_s * (available - now))
+        if cfg.battery_drain_pct_per_s > 0 and self._chargers:
+            # The reserve is what gets a robot to a charger: one that could not reach a charger
+            # without using it is "below its reserve" for the planner, which then sends it to
+            # charge first (that drive may use the reserve).
+            to_charger = min(
+                self.graph.travel_time(start, c, r.capabilities.flow, r.capabilities.max_speed_m_s)
+                for c in self._chargers
+            )
+            if battery - cfg.battery_drain_pct_per_s * to_charger < cfg.battery_reserve_pct:
+                battery = min(battery, cfg.battery_reserve_pct - 1e-6)
         onboard = tuple(
             OnboardTask(
                 order_id=o.id,
@@ -922,6 +1159,8 @@ class FleetCore:
                 priority=o.priority,
                 needed_by=o.needed_by,
                 dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
+                weight_kg=o.weight_kg,
+                compartment=o.compartment,
             )
             for o in sorted((self.orders[i] for i in onboard_ids), key=lambda o: o.id)
         )
@@ -935,6 +1174,13 @@ class FleetCore:
             cargo_classes=caps.cargo_classes,
             flow=caps.flow,
             onboard=onboard,
+            max_payload_kg=caps.max_payload_kg,
+            compartments=caps.compartments,
+            battery_pct=battery,
+            reserve_pct=cfg.battery_reserve_pct if cfg.battery_drain_pct_per_s > 0 else 0.0,
+            drain_pct_per_s=cfg.battery_drain_pct_per_s,
+            charge_pct_per_s=cfg.battery_charge_pct_per_s,
+            charging_until=charging_until,
         )
 
     def _open_until(self, station: str, now: float) -> tuple[float, float]:
@@ -981,6 +1227,10 @@ class FleetCore:
             dropoff_service_s=dropoff_service,
             pickup_latest=None if math.isinf(pickup_close) else pickup_close - pickup_service,
             dropoff_latest=None if math.isinf(dropoff_close) else dropoff_close - dropoff_service,
+            weight_kg=o.weight_kg,
+            # A return leg: only on the robot, and in the compartment, that brought the outbound.
+            pinned_robot=o.pinned_robot,
+            pinned_compartment=o.pinned_compartment,
         )
 
     def apply_plan(self, plan: Plan, epoch: int) -> bool:
@@ -995,6 +1245,9 @@ class FleetCore:
         now = self.clock.now()
         assignments: list[Assignment] = []
         planned: set[str] = set()
+        compartments: dict[str, dict[str, int]] = {}  # robot id -> order id -> compartment
+        for oid, (rid, index) in plan.compartment.items():
+            compartments.setdefault(rid, {})[oid] = index
         for other in self.robots.values():
             if other.robot.id not in plan.routes:
                 # Not in the snapshot (it connected since, or could not take work): what an
@@ -1016,6 +1269,7 @@ class FleetCore:
                         order.move_to(OrderState.ASSIGNED, now, f"assigned to {robot_id}")
                         assignments.append(Assignment(oid, robot_id, now, self.plan_version))
                         self._mark(order)
+            self._record_compartments(run, route.stops, compartments.get(robot_id, {}))
         for oid, eta in plan.eta.items():
             known = self.orders.get(oid)
             if known is not None and not known.state.terminal and known.eta != eta:
@@ -1038,11 +1292,54 @@ class FleetCore:
                 order.move_to(OrderState.PENDING, now, "no robot can take it now")
                 self._mark(order)
         self.plan_version += 1
+        self._preempt_charging()
         for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
             if run.current_stop is None and run.in_flight is None:
                 self._advance(run)
         self._flush()
         return True
+
+    def _record_compartments(
+        self, run: _RobotRun, stops: Sequence[Stop], given: Mapping[str, int]
+    ) -> None:
+        """Note on each order of a robot's planned stops the compartment the plan gives it, so
+        that its pickup and drop-off steps name the compartment to open.
+
+        A plan that gives none for a robot with compartments (the baselines plan none) gets
+        them here from the planner's own assignment (`assign_compartments`). Orders loaded or
+        being loaded, and pinned return legs, keep theirs: the planner kept them too.
+        """
+        ids = sorted({oid for stop in stops for oid in stop.order_ids})
+        count = run.robot.capabilities.compartments
+        if count is not None and ids and not given:
+            vehicle = self._vehicle(run, self.clock.now())
+            onboard = [(o.order_id, o.compartment) for o in vehicle.onboard] if vehicle else []
+            pinned = {
+                oid: c
+                for oid in ids
+                if oid in self.orders and (c := self.orders[oid].pinned_compartment) is not None
+            }
+            given = assign_compartments(count, onboard, stops, pinned) or {}
+        loading = set(run.current_stop.order_ids) if run.current_stop else set()
+        for oid in ids:
+            order = self.orders.get(oid)
+            if (
+                order is None
+                or order.state is not OrderState.ASSIGNED
+                or order.pinned_robot is not None
+                or oid in loading
+            ):
+                continue
+            index = given.get(oid)
+            if order.compartment != index:
+                order.compartment = index
+                self._mark(order)
+
+    def _compartments_of(self, order_ids: Sequence[str]) -> tuple[tuple[str, int], ...]:
+        """(order id, compartment) of the orders whose compartment is known, for a step."""
+        return tuple(
+            (oid, c) for oid in order_ids if (c := self.orders[oid].compartment) is not None
+        )
 
     def _committed(self, order: Order) -> bool:
         run = self.robots.get(order.robot_id or "")

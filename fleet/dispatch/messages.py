@@ -20,7 +20,11 @@ from fleet.traffic.steps import Step
 
 @dataclass(frozen=True)
 class CreateOrder:
-    """A person asks for a delivery."""
+    """A person asks for a delivery.
+
+    `weight_kg`: the load's weight (0: not given). `return_of`: for a controlled drug's return
+    leg, the id of the delivered outbound order it returns from ("" otherwise).
+    """
 
     pickup_station: str
     dropoff_station: str
@@ -30,6 +34,8 @@ class CreateOrder:
     needed_by: float | None = None
     requested_by: str = ""
     note: str = ""
+    weight_kg: float = 0.0
+    return_of: str = ""
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,16 @@ class Order:
     """A request to move `quantity` slots of `cargo_class` from one station to another.
 
     Times are seconds since the Unix epoch, from the injected clock.
+
+    - `weight_kg`: the load's weight (0: not given, counted as weightless).
+    - `return_of`: for a controlled drug's return leg, the id of the outbound order it returns
+      from ("" for every other order).
+    - `compartment`: the robot compartment (index from 0) the order rides in; None while not
+      known (not planned yet, or the robot has no compartments). Plans may move an order that is
+      not yet on board to another compartment; once loaded it stays.
+    - `pinned_robot`: the only robot that may carry the order (a return leg stays on the robot
+      that brought the outbound); None: any robot. A pinned order's `compartment` is fixed from
+      the start: the outbound's (see `pinned_compartment`).
     """
 
     id: str
@@ -79,6 +89,18 @@ class Order:
     delivered_at: float | None = None
     failure_reason: str = ""
     history: list[OrderEvent] = field(default_factory=list)
+    weight_kg: float = 0.0
+    return_of: str = ""
+    compartment: int | None = None
+    pinned_robot: str | None = None
+
+    @property
+    def pinned_compartment(self) -> int | None:
+        """The compartment the order must ride in: its own for a pinned order, else None.
+
+        (The insertion reads this name from the orders it finds in routes, as on `Task`.)
+        """
+        return self.compartment if self.pinned_robot is not None else None
 
     def move_to(self, state: OrderState, at: float, detail: str = "") -> None:
         """Change state, enforcing the allowed transitions and recording history."""
@@ -101,6 +123,8 @@ class Order:
         elif state is OrderState.PENDING:
             self.robot_id = None
             self.eta = None
+            if self.pinned_robot is None:
+                self.compartment = None  # a plan's choice; a pinned compartment stays
 
     @property
     def on_time(self) -> bool | None:

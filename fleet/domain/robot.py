@@ -21,13 +21,19 @@ class RobotMode(StrEnum):
 
 @dataclass(frozen=True)
 class RobotCapabilities:
-    """What a robot says it can do when it connects."""
+    """What a robot says it can do when it connects.
+
+    `max_payload_kg`: the most weight it may carry at once (None: no limit). `compartments`: how
+    many lockable compartments it has, each holding one order (None: no compartment rule).
+    """
 
     vendor: str
     model: str
     cargo_classes: frozenset[CargoClass]
     capacity_slots: int
     max_speed_m_s: float
+    max_payload_kg: float | None = None
+    compartments: int | None = None
 
     @property
     def flow(self) -> Flow:

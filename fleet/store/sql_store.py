@@ -299,6 +299,10 @@ def _copy_order_fields(order: Order, row: OrderRow) -> None:
     row.picked_up_at = order.picked_up_at
     row.delivered_at = order.delivered_at
     row.failure_reason = order.failure_reason
+    row.weight_kg = order.weight_kg
+    row.return_of = order.return_of
+    row.compartment = order.compartment
+    row.pinned_robot = order.pinned_robot
 
 
 def _event_rows(order: Order, start: int) -> list[OrderEventRow]:
@@ -352,6 +356,10 @@ def _order(row: OrderRow, history: list[OrderEvent]) -> Order:
         delivered_at=row.delivered_at,
         failure_reason=row.failure_reason,
         history=history,
+        weight_kg=row.weight_kg,
+        return_of=row.return_of,
+        compartment=row.compartment,
+        pinned_robot=row.pinned_robot,
     )
 
 
@@ -364,6 +372,8 @@ def _robot_row(robot: Robot) -> RobotRow:
         cargo_classes=_join(c.value for c in caps.cargo_classes),
         capacity_slots=caps.capacity_slots,
         max_speed_m_s=caps.max_speed_m_s,
+        max_payload_kg=caps.max_payload_kg,
+        compartments=caps.compartments,
         node=robot.node,
         level=robot.level,
         x=robot.x,
@@ -384,6 +394,8 @@ def _robot(row: RobotRow) -> Robot:
             cargo_classes=frozenset(CargoClass(c) for c in _split(row.cargo_classes)),
             capacity_slots=row.capacity_slots,
             max_speed_m_s=row.max_speed_m_s,
+            max_payload_kg=row.max_payload_kg,
+            compartments=row.compartments,
         ),
         node=row.node,
         level=row.level,

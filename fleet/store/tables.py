@@ -3,6 +3,8 @@
 Enums are stored as their string values; times as float seconds since the Unix epoch (REAL in
 SQLite, double precision in PostgreSQL), so a value read back is exactly the value written.
 Set-valued fields (a robot's cargo classes, the order ids it carries) are comma-joined strings.
+There are no migrations yet: tables are created when missing, so columns added later (weight,
+return leg, compartments) exist only in databases created since.
 These classes are rows only: `fleet.store.sql_store` translates them to and from the domain.
 """
 
@@ -32,6 +34,10 @@ class OrderRow(SQLModel, table=True):
     picked_up_at: float | None = None
     delivered_at: float | None = None
     failure_reason: str = ""
+    weight_kg: float = 0.0
+    return_of: str = ""  # the outbound order of a return leg
+    compartment: int | None = None  # index from 0; NULL while not known
+    pinned_robot: str | None = None
 
 
 class OrderEventRow(SQLModel, table=True):
@@ -57,6 +63,8 @@ class RobotRow(SQLModel, table=True):
     cargo_classes: str  # comma-joined CargoClass values, sorted
     capacity_slots: int
     max_speed_m_s: float
+    max_payload_kg: float | None = None  # NULL: no limit
+    compartments: int | None = None  # NULL: no compartment rule
     node: str
     level: str = ""
     x: float = 0.0

@@ -26,6 +26,7 @@ class StepKind(StrEnum):
     LIFT_RELEASE = "LIFT_RELEASE"
     PICKUP = "PICKUP"
     DROPOFF = "DROPOFF"
+    CHARGE = "CHARGE"
 
     @property
     def robot_side(self) -> bool:
@@ -34,7 +35,14 @@ class StepKind(StrEnum):
 
 
 _ROBOT_SIDE = frozenset(
-    {StepKind.MOVE, StepKind.LIFT_ENTER, StepKind.LIFT_EXIT, StepKind.PICKUP, StepKind.DROPOFF}
+    {
+        StepKind.MOVE,
+        StepKind.LIFT_ENTER,
+        StepKind.LIFT_EXIT,
+        StepKind.PICKUP,
+        StepKind.DROPOFF,
+        StepKind.CHARGE,
+    }
 )
 
 
@@ -54,6 +62,11 @@ class Step:
     station: str = ""
     order_ids: tuple[str, ...] = ()
     quantity: int = 0
+    target_percent: float = 0.0  # CHARGE: battery to reach
+    max_duration_s: float = 0.0  # CHARGE: longest stay on the charger (0: no limit)
+    # PICKUP/DROPOFF: (order id, compartment index from 0) of each order whose compartment is
+    # known; empty for a robot without compartments.
+    compartments: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         """A short human-readable line for logs and the step record."""
@@ -69,6 +82,8 @@ class Step:
             return f"{k.value.lower().replace('_', ' ')} {self.lift} at {self.level}"
         if k is StepKind.LIFT_RELEASE:
             return f"release {self.lift}"
+        if k is StepKind.CHARGE:
+            return f"charge at {self.station} to {self.target_percent:.0f} %"
         return f"{k.value.lower()} {self.station} {','.join(self.order_ids)}"
 
 

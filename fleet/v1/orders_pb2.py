@@ -26,7 +26,7 @@ from fleet.v1 import common_pb2 as fleet_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66leet/v1/orders.proto\x12\x08\x66leet.v1\x1a\x15\x66leet/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x01\n\x12\x43reateOrderRequest\x12\x16\n\x0epickup_station\x18\x01 \x01(\t\x12\x17\n\x0f\x64ropoff_station\x18\x02 \x01(\t\x12)\n\x0b\x63\x61rgo_class\x18\x03 \x01(\x0e\x32\x14.fleet.v1.CargoClass\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12$\n\x08priority\x18\x05 \x01(\x0e\x32\x12.fleet.v1.Priority\x12-\n\tneeded_by\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\"\xad\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0epickup_station\x18\x02 \x01(\t\x12\x17\n\x0f\x64ropoff_station\x18\x03 \x01(\t\x12)\n\x0b\x63\x61rgo_class\x18\x04 \x01(\x0e\x32\x14.fleet.v1.CargoClass\x12\x10\n\x08quantity\x18\x05 \x01(\x05\x12$\n\x08priority\x18\x06 \x01(\x0e\x32\x12.fleet.v1.Priority\x12-\n\tneeded_by\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.fleet.v1.OrderState\x12\x10\n\x08robot_id\x18\x0b \x01(\t\x12\'\n\x03\x65ta\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpicked_up_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66\x61ilure_reason\x18\x10 \x01(\t\x12%\n\x07history\x18\x11 \x03(\x0b\x32\x14.fleet.v1.OrderEvent\"i\n\nOrderEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fleet.v1.OrderState\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"r\n\x11ListOrdersRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.fleet.v1.OrderState\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x12ListOrdersResponse\x12\x1f\n\x06orders\x18\x01 \x03(\x0b\x32\x0f.fleet.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x12WatchOrdersRequest\x12\x11\n\torder_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"-\n\x0bOrderUpdate\x12\x1e\n\x05order\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.Order*\xc5\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x18\n\x14ORDER_STATE_ASSIGNED\x10\x02\x12\x19\n\x15ORDER_STATE_PICKED_UP\x10\x03\x12\x19\n\x15ORDER_STATE_DELIVERED\x10\x04\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x05\x12\x16\n\x12ORDER_STATE_FAILED\x10\x06\x32\xd1\x02\n\x0cOrderService\x12<\n\x0b\x43reateOrder\x12\x1c.fleet.v1.CreateOrderRequest\x1a\x0f.fleet.v1.Order\x12\x36\n\x08GetOrder\x12\x19.fleet.v1.GetOrderRequest\x1a\x0f.fleet.v1.Order\x12G\n\nListOrders\x12\x1b.fleet.v1.ListOrdersRequest\x1a\x1c.fleet.v1.ListOrdersResponse\x12<\n\x0b\x43\x61ncelOrder\x12\x1c.fleet.v1.CancelOrderRequest\x1a\x0f.fleet.v1.Order\x12\x44\n\x0bWatchOrders\x12\x1c.fleet.v1.WatchOrdersRequest\x1a\x15.fleet.v1.OrderUpdate0\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66leet/v1/orders.proto\x12\x08\x66leet.v1\x1a\x15\x66leet/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x12\x43reateOrderRequest\x12\x16\n\x0epickup_station\x18\x01 \x01(\t\x12\x17\n\x0f\x64ropoff_station\x18\x02 \x01(\t\x12)\n\x0b\x63\x61rgo_class\x18\x03 \x01(\x0e\x32\x14.fleet.v1.CargoClass\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12$\n\x08priority\x18\x05 \x01(\x0e\x32\x12.fleet.v1.Priority\x12-\n\tneeded_by\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x11\n\tweight_kg\x18\t \x01(\x01\x12\x11\n\treturn_of\x18\n \x01(\t\"\xe8\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0epickup_station\x18\x02 \x01(\t\x12\x17\n\x0f\x64ropoff_station\x18\x03 \x01(\t\x12)\n\x0b\x63\x61rgo_class\x18\x04 \x01(\x0e\x32\x14.fleet.v1.CargoClass\x12\x10\n\x08quantity\x18\x05 \x01(\x05\x12$\n\x08priority\x18\x06 \x01(\x0e\x32\x12.fleet.v1.Priority\x12-\n\tneeded_by\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.fleet.v1.OrderState\x12\x10\n\x08robot_id\x18\x0b \x01(\t\x12\'\n\x03\x65ta\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpicked_up_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66\x61ilure_reason\x18\x10 \x01(\t\x12%\n\x07history\x18\x11 \x03(\x0b\x32\x14.fleet.v1.OrderEvent\x12\x11\n\tweight_kg\x18\x12 \x01(\x01\x12\x11\n\treturn_of\x18\x13 \x01(\t\x12\x13\n\x0b\x63ompartment\x18\x14 \x01(\x05\"i\n\nOrderEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fleet.v1.OrderState\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"r\n\x11ListOrdersRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.fleet.v1.OrderState\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x12ListOrdersResponse\x12\x1f\n\x06orders\x18\x01 \x03(\x0b\x32\x0f.fleet.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x12WatchOrdersRequest\x12\x11\n\torder_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"-\n\x0bOrderUpdate\x12\x1e\n\x05order\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.Order*\xc5\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x18\n\x14ORDER_STATE_ASSIGNED\x10\x02\x12\x19\n\x15ORDER_STATE_PICKED_UP\x10\x03\x12\x19\n\x15ORDER_STATE_DELIVERED\x10\x04\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x05\x12\x16\n\x12ORDER_STATE_FAILED\x10\x06\x32\xd1\x02\n\x0cOrderService\x12<\n\x0b\x43reateOrder\x12\x1c.fleet.v1.CreateOrderRequest\x1a\x0f.fleet.v1.Order\x12\x36\n\x08GetOrder\x12\x19.fleet.v1.GetOrderRequest\x1a\x0f.fleet.v1.Order\x12G\n\nListOrders\x12\x1b.fleet.v1.ListOrdersRequest\x1a\x1c.fleet.v1.ListOrdersResponse\x12<\n\x0b\x43\x61ncelOrder\x12\x1c.fleet.v1.CancelOrderRequest\x1a\x0f.fleet.v1.Order\x12\x44\n\x0bWatchOrders\x12\x1c.fleet.v1.WatchOrdersRequest\x1a\x15.fleet.v1.OrderUpdate0\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,26 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleet.v1.orders_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024org.hospitalfleet.v1P\001Z\"hospitalfleet/gen/fleet/v1;fleetv1'
-  _globals['_ORDERSTATE']._serialized_start=1415
-  _globals['_ORDERSTATE']._serialized_end=1612
+  _globals['_ORDERSTATE']._serialized_start=1512
+  _globals['_ORDERSTATE']._serialized_end=1709
   _globals['_CREATEORDERREQUEST']._serialized_start=92
-  _globals['_CREATEORDERREQUEST']._serialized_end=343
-  _globals['_ORDER']._serialized_start=346
-  _globals['_ORDER']._serialized_end=903
-  _globals['_ORDEREVENT']._serialized_start=905
-  _globals['_ORDEREVENT']._serialized_end=1010
-  _globals['_GETORDERREQUEST']._serialized_start=1012
-  _globals['_GETORDERREQUEST']._serialized_end=1047
-  _globals['_LISTORDERSREQUEST']._serialized_start=1049
-  _globals['_LISTORDERSREQUEST']._serialized_end=1163
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1165
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1243
-  _globals['_CANCELORDERREQUEST']._serialized_start=1245
-  _globals['_CANCELORDERREQUEST']._serialized_end=1299
-  _globals['_WATCHORDERSREQUEST']._serialized_start=1301
-  _globals['_WATCHORDERSREQUEST']._serialized_end=1365
-  _globals['_ORDERUPDATE']._serialized_start=1367
-  _globals['_ORDERUPDATE']._serialized_end=1412
-  _globals['_ORDERSERVICE']._serialized_start=1615
-  _globals['_ORDERSERVICE']._serialized_end=1952
+  _globals['_CREATEORDERREQUEST']._serialized_end=381
+  _globals['_ORDER']._serialized_start=384
+  _globals['_ORDER']._serialized_end=1000
+  _globals['_ORDEREVENT']._serialized_start=1002
+  _globals['_ORDEREVENT']._serialized_end=1107
+  _globals['_GETORDERREQUEST']._serialized_start=1109
+  _globals['_GETORDERREQUEST']._serialized_end=1144
+  _globals['_LISTORDERSREQUEST']._serialized_start=1146
+  _globals['_LISTORDERSREQUEST']._serialized_end=1260
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1262
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1340
+  _globals['_CANCELORDERREQUEST']._serialized_start=1342
+  _globals['_CANCELORDERREQUEST']._serialized_end=1396
+  _globals['_WATCHORDERSREQUEST']._serialized_start=1398
+  _globals['_WATCHORDERSREQUEST']._serialized_end=1462
+  _globals['_ORDERUPDATE']._serialized_start=1464
+  _globals['_ORDERUPDATE']._serialized_end=1509
+  _globals['_ORDERSERVICE']._serialized_start=1712
+  _globals['_ORDERSERVICE']._serialized_end=2049
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,8 @@ class CreateOrderRequest(_message.Message):
     NEEDED_BY_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    WEIGHT_KG_FIELD_NUMBER: _builtins.int
+    RETURN_OF_FIELD_NUMBER: _builtins.int
     pickup_station: _builtins.str
     """Station where the goods are picked up, e.g. "WH-PORT-1". Required."""
     dropoff_station: _builtins.str
@@ -89,6 +91,18 @@ class CreateOrderRequest(_message.Message):
     """Who asked (badge id or user name), for the record."""
     note: _builtins.str
     """Free text for the people at both ends."""
+    weight_kg: _builtins.float
+    """Weight of the load in kilograms, at least 0; 0 means not given (counted as weightless).
+    Must fit the payload of some robot model that may carry the cargo class.
+    """
+    return_of: _builtins.str
+    """For a controlled-drug return leg (unused drugs going back to the pharmacy after a case):
+    the id of the outbound CONTROLLED_DRUG order it returns from. That order must be DELIVERED,
+    and this one must be CONTROLLED_DRUG, picked up where the outbound was delivered and
+    dropped off where the outbound was picked up. The return rides on the robot, and in the
+    compartment, that brought the outbound; it waits PENDING while that robot cannot take it.
+    Empty for every other order.
+    """
     @_builtins.property
     def needed_by(self) -> _timestamp_pb2.Timestamp:
         """When the goods must be there; unset means no deadline. Must not be in the past."""
@@ -104,10 +118,12 @@ class CreateOrderRequest(_message.Message):
         needed_by: _timestamp_pb2.Timestamp | None = ...,
         requested_by: _builtins.str = ...,
         note: _builtins.str = ...,
+        weight_kg: _builtins.float = ...,
+        return_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["needed_by", b"needed_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cargo_class", b"cargo_class", "dropoff_station", b"dropoff_station", "needed_by", b"needed_by", "note", b"note", "pickup_station", b"pickup_station", "priority", b"priority", "quantity", b"quantity", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cargo_class", b"cargo_class", "dropoff_station", b"dropoff_station", "needed_by", b"needed_by", "note", b"note", "pickup_station", b"pickup_station", "priority", b"priority", "quantity", b"quantity", "requested_by", b"requested_by", "return_of", b"return_of", "weight_kg", b"weight_kg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,6 +152,9 @@ class Order(_message.Message):
     DELIVERED_AT_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    WEIGHT_KG_FIELD_NUMBER: _builtins.int
+    RETURN_OF_FIELD_NUMBER: _builtins.int
+    COMPARTMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "ORD-000042"."""
     pickup_station: _builtins.str
@@ -158,6 +177,15 @@ class Order(_message.Message):
     """Robot that holds the order in its plan or on board; empty while pending."""
     failure_reason: _builtins.str
     """Why it failed, for FAILED orders."""
+    weight_kg: _builtins.float
+    """Weight of the load in kilograms; 0 when not given."""
+    return_of: _builtins.str
+    """The outbound controlled-drug order this one returns from; empty for other orders."""
+    compartment: _builtins.int
+    """The robot compartment the order rides (or rode) in, numbered from 1 as labelled on the
+    robot; 0 when not known: not yet planned, or the robot has no compartments. A return leg
+    has its outbound's compartment from the start.
+    """
     @_builtins.property
     def needed_by(self) -> _timestamp_pb2.Timestamp:
         """Deadline, when one was given."""
@@ -202,10 +230,13 @@ class Order(_message.Message):
         delivered_at: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
         history: _abc.Iterable[Global___OrderEvent] | None = ...,
+        weight_kg: _builtins.float = ...,
+        return_of: _builtins.str = ...,
+        compartment: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "eta", b"eta", "needed_by", b"needed_by", "picked_up_at", b"picked_up_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cargo_class", b"cargo_class", "created_at", b"created_at", "delivered_at", b"delivered_at", "dropoff_station", b"dropoff_station", "eta", b"eta", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "needed_by", b"needed_by", "note", b"note", "picked_up_at", b"picked_up_at", "pickup_station", b"pickup_station", "priority", b"priority", "quantity", b"quantity", "requested_by", b"requested_by", "robot_id", b"robot_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cargo_class", b"cargo_class", "compartment", b"compartment", "created_at", b"created_at", "delivered_at", b"delivered_at", "dropoff_station", b"dropoff_station", "eta", b"eta", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "needed_by", b"needed_by", "note", b"note", "picked_up_at", b"picked_up_at", "pickup_station", b"pickup_station", "priority", b"priority", "quantity", b"quantity", "requested_by", b"requested_by", "return_of", b"return_of", "robot_id", b"robot_id", "state", b"state", "weight_kg", b"weight_kg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

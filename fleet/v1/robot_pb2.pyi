@@ -173,6 +173,8 @@ class RobotHello(_message.Message):
     CARRYING_ORDER_IDS_FIELD_NUMBER: _builtins.int
     BATTERY_PERCENT_FIELD_NUMBER: _builtins.int
     IN_LIFT_FIELD_NUMBER: _builtins.int
+    MAX_PAYLOAD_KG_FIELD_NUMBER: _builtins.int
+    COMPARTMENTS_FIELD_NUMBER: _builtins.int
     robot_id: _builtins.str
     """Unique robot id within the hospital, e.g. "AMR-07". Required."""
     vendor: _builtins.str
@@ -190,6 +192,13 @@ class RobotHello(_message.Message):
     in_lift: _builtins.str
     """Lift car the robot stands in (it reconnected mid-ride); empty when it is not in a lift.
     The dispatcher then brings the car to a level and tells the robot to exit first.
+    """
+    max_payload_kg: _builtins.float
+    """The most weight it may carry at once, in kilograms; 0 means no limit."""
+    compartments: _builtins.int
+    """How many lockable compartments it has, numbered 1..compartments; each order on board
+    gets one of its own (a compartment is locked for one recipient). 0 means no compartment
+    rule: the dispatcher then assigns no compartments.
     """
     @_builtins.property
     def cargo_classes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CargoClass.ValueType]:
@@ -212,10 +221,12 @@ class RobotHello(_message.Message):
         carrying_order_ids: _abc.Iterable[_builtins.str] | None = ...,
         battery_percent: _builtins.float = ...,
         in_lift: _builtins.str = ...,
+        max_payload_kg: _builtins.float = ...,
+        compartments: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "capacity_slots", b"capacity_slots", "cargo_classes", b"cargo_classes", "carrying_order_ids", b"carrying_order_ids", "current_node", b"current_node", "in_lift", b"in_lift", "max_speed_m_s", b"max_speed_m_s", "model", b"model", "robot_id", b"robot_id", "vendor", b"vendor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "capacity_slots", b"capacity_slots", "cargo_classes", b"cargo_classes", "carrying_order_ids", b"carrying_order_ids", "compartments", b"compartments", "current_node", b"current_node", "in_lift", b"in_lift", "max_payload_kg", b"max_payload_kg", "max_speed_m_s", b"max_speed_m_s", "model", b"model", "robot_id", b"robot_id", "vendor", b"vendor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,6 +399,7 @@ class StepCommand(_message.Message):
     EXIT_LIFT_FIELD_NUMBER: _builtins.int
     PICKUP_FIELD_NUMBER: _builtins.int
     DROPOFF_FIELD_NUMBER: _builtins.int
+    CHARGE_FIELD_NUMBER: _builtins.int
     step_id: _builtins.int
     """Unique per robot, increasing."""
     @_builtins.property
@@ -414,6 +426,10 @@ class StepCommand(_message.Message):
     def dropoff(self) -> Global___DropoffStep:
         """Dock at a station and hand goods over."""
 
+    @_builtins.property
+    def charge(self) -> Global___ChargeStep:
+        """Dock at a charger and charge."""
+
     def __init__(
         self,
         *,
@@ -424,12 +440,13 @@ class StepCommand(_message.Message):
         exit_lift: Global___ExitLiftStep | None = ...,
         pickup: Global___PickupStep | None = ...,
         dropoff: Global___DropoffStep | None = ...,
+        charge: Global___ChargeStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "enter_lift", b"enter_lift", "exit_lift", b"exit_lift", "kind", b"kind", "move", b"move", "pickup", b"pickup"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "dropoff", b"dropoff", "enter_lift", b"enter_lift", "exit_lift", b"exit_lift", "kind", b"kind", "move", b"move", "pickup", b"pickup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "enter_lift", b"enter_lift", "exit_lift", b"exit_lift", "kind", b"kind", "move", b"move", "order_ids", b"order_ids", "pickup", b"pickup", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "dropoff", b"dropoff", "enter_lift", b"enter_lift", "exit_lift", b"exit_lift", "kind", b"kind", "move", b"move", "order_ids", b"order_ids", "pickup", b"pickup", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["move", "enter_lift", "exit_lift", "pickup", "dropoff"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["move", "enter_lift", "exit_lift", "pickup", "dropoff", "charge"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -553,19 +570,27 @@ class PickupStep(_message.Message):
 
     STATION_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    COMPARTMENTS_FIELD_NUMBER: _builtins.int
     station: _builtins.str
     """Station name."""
     quantity: _builtins.int
     """Compartment slots to fill."""
+    @_builtins.property
+    def compartments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompartmentUse]:
+        """The compartment to open for each order loaded here; empty when the robot announced no
+        compartments.
+        """
+
     def __init__(
         self,
         *,
         station: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        compartments: _abc.Iterable[Global___CompartmentUse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "station", b"station"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "station", b"station"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,23 +604,93 @@ class DropoffStep(_message.Message):
 
     STATION_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    COMPARTMENTS_FIELD_NUMBER: _builtins.int
     station: _builtins.str
     """Station name."""
     quantity: _builtins.int
     """Compartment slots to empty."""
+    @_builtins.property
+    def compartments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompartmentUse]:
+        """The compartment to open for each order handed over here; empty when the robot announced
+        no compartments.
+        """
+
     def __init__(
         self,
         *,
         station: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        compartments: _abc.Iterable[Global___CompartmentUse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "station", b"station"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "station", b"station"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DropoffStep: _TypeAlias = DropoffStep  # noqa: Y015
+
+@_typing.final
+class CompartmentUse(_message.Message):
+    """One order's compartment in a pickup or drop-off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    COMPARTMENT_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order, one of the StepCommand's order_ids."""
+    compartment: _builtins.int
+    """Compartment number, 1..RobotHello.compartments."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        compartment: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartment", b"compartment", "order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompartmentUse: _TypeAlias = CompartmentUse  # noqa: Y015
+
+@_typing.final
+class ChargeStep(_message.Message):
+    """Charge at a charger station. The robot docks, charges until its battery reaches
+    target_percent or max_duration_s has passed (whichever comes first), reports the step
+    COMPLETED and stays docked until its next step. It reports ROBOT_MODE_CHARGING while it
+    charges. The dispatcher may end the step early with INSTANT_ACTION_TYPE_CANCEL_STEP (a STAT
+    order needs the robot): the robot then undocks on its next step; no report is expected for
+    the cancelled step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATION_FIELD_NUMBER: _builtins.int
+    TARGET_PERCENT_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_S_FIELD_NUMBER: _builtins.int
+    station: _builtins.str
+    """Charger station name."""
+    target_percent: _builtins.float
+    """Battery state of charge to reach, 0..100."""
+    max_duration_s: _builtins.float
+    """Longest time to stay on the charger, seconds; 0 means no limit."""
+    def __init__(
+        self,
+        *,
+        station: _builtins.str = ...,
+        target_percent: _builtins.float = ...,
+        max_duration_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_duration_s", b"max_duration_s", "station", b"station", "target_percent", b"target_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeStep: _TypeAlias = ChargeStep  # noqa: Y015
 
 @_typing.final
 class InstantAction(_message.Message):

@@ -23,6 +23,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fleet.bootstrap import Service
 from fleet.config import Settings
+from fleet.domain.cargo import CargoClass
+from fleet.domain.order import Order, OrderEvent, OrderState
+from fleet.domain.priority import Priority
+from fleet.store import open_store
 from fleet.v1 import (
     common_pb2,
     infrastructure_pb2,
@@ -594,6 +598,93 @@ async def test_restart_keeps_every_order(store_url: str) -> None:
     finally:
         await client.close()
         await second.stop(grace=0)
+
+
+async def test_weight_and_controlled_drug_return_over_grpc(store_url: str) -> None:
+    """A return leg created over the wire rides on the outbound's robot, in its compartment:
+    the order says so, and the robot is told which compartment to open."""
+    # The outbound: PHARMACY -> OR-03, delivered by AMR-01 from compartment index 2 (number 3).
+    store = open_store(store_url)
+    try:
+        t = time.time() - 3600
+        outbound = Order(
+            id="ORD-000001",
+            pickup_station="PHARMACY",
+            dropoff_station="OR-03",
+            cargo_class=CargoClass.CONTROLLED_DRUG,
+            quantity=1,
+            priority=Priority.ROUTINE,
+            created_at=t,
+            state=OrderState.DELIVERED,
+            robot_id="AMR-01",
+            picked_up_at=t + 600,
+            delivered_at=t + 1200,
+            weight_kg=0.5,
+            compartment=2,
+        )
+        outbound.history = [
+            OrderEvent(t, OrderState.PENDING, "accepted"),
+            OrderEvent(t + 1, OrderState.ASSIGNED, "assigned to AMR-01"),
+            OrderEvent(t + 600, OrderState.PICKED_UP, "on board AMR-01"),
+            OrderEvent(t + 1200, OrderState.DELIVERED, "delivered by AMR-01"),
+        ]
+        store.add_order(outbound)
+    finally:
+        store.close()
+    service = await start_service(store_url)
+    client = Client(service)
+    try:
+        hello = robot_hello("AMR-01", node="L1-OR-03")
+        hello.hello.cargo_classes.append(common_pb2.CARGO_CLASS_CONTROLLED_DRUG)
+        hello.hello.max_payload_kg = 60.0
+        hello.hello.compartments = 4
+        robot = client.robots.Connect()
+        await robot.write(hello)
+        assert (await asyncio.wait_for(robot.read(), STEP_TIMEOUT_S)).WhichOneof("msg") == (
+            "welcome"
+        )
+        caps = service.core.robot_view()[0].capabilities
+        assert (caps.max_payload_kg, caps.compartments) == (60.0, 4)
+        drug = {
+            "pickup_station": "OR-03",
+            "dropoff_station": "PHARMACY",
+            "cargo_class": common_pb2.CARGO_CLASS_CONTROLLED_DRUG,
+            "quantity": 1,
+        }
+        await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            lambda: client.create(**drug, return_of="ORD-000404"),
+            field="return_of",
+        )
+        await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            lambda: client.create(**drug, return_of="ORD-000001", weight_kg=75.0),
+            field="weight_kg",
+        )
+        await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            lambda: client.create(weight_kg=-1.0),
+            field="weight_kg",
+        )
+        created = await client.create(**drug, return_of="ORD-000001", weight_kg=0.25)
+        got = await client.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=created.id))
+        assert (got.weight_kg, got.return_of, got.compartment) == (0.25, "ORD-000001", 3)
+        # The robot stands at OR-03: its first step loads the return into compartment 3.
+        message = await asyncio.wait_for(robot.read(), 15)
+        assert message.step.WhichOneof("kind") == "pickup", message
+        assert list(message.step.order_ids) == [created.id]
+        uses = [(u.order_id, u.compartment) for u in message.step.pickup.compartments]
+        assert uses == [(created.id, 3)]
+        got = await client.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=created.id))
+        assert got.robot_id == "AMR-01" and got.compartment == 3
+        # A weighed ordinary order reads back its weight; its compartment is not known yet.
+        plain = await client.create(weight_kg=12.5)
+        got = await client.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=plain.id))
+        assert got.weight_kg == 12.5 and got.return_of == ""
+        robot.cancel()
+    finally:
+        await client.close()
+        await service.stop(grace=0)
 
 
 # ---- configuration and command line ----------------------------------------------------------

@@ -108,6 +108,43 @@ def test_order_round_trip_with_history(sql_store: SqlStore) -> None:
     assert sql_store.get_order("ORD-404") is None
 
 
+def test_weight_return_leg_and_compartment_round_trip(sql_store: SqlStore) -> None:
+    outbound = accepted(
+        make_order(1, cargo_class=CargoClass.CONTROLLED_DRUG, weight_kg=0.375, compartment=0)
+    )
+    back = accepted(
+        make_order(
+            2,
+            cargo_class=CargoClass.CONTROLLED_DRUG,
+            pickup_station="OR-3",
+            dropoff_station="PHARMACY",
+            weight_kg=0.125,
+            return_of="ORD-1",
+            compartment=3,
+            pinned_robot="R1",
+        )
+    )
+    plain = accepted(make_order(3))
+    for order in (outbound, back, plain):
+        sql_store.add_order(order)
+    assert [sql_store.get_order(o.id) for o in (outbound, back, plain)] == [outbound, back, plain]
+    loaded = sql_store.get_order("ORD-2")
+    assert loaded is not None and loaded.pinned_compartment == 3
+    assert (plain.weight_kg, plain.return_of, plain.compartment, plain.pinned_robot) == (
+        0.0,
+        "",
+        None,
+        None,
+    )
+    # A plan moves an order to another compartment; a failed return keeps its pin.
+    plain.move_to(OrderState.ASSIGNED, T0 + 1, "plan 1")
+    plain.compartment = 2
+    back.move_to(OrderState.CANCELLED, T0 + 2, "case cancelled")
+    sql_store.update_orders([plain, back])
+    assert sql_store.load_open_orders() == [outbound, plain]
+    assert sql_store.get_order("ORD-2") == back
+
+
 def test_update_orders_appends_only_new_history_and_persists_state(sql_store: SqlStore) -> None:
     a = accepted(make_order(1))
     b = accepted(make_order(2, created_at=T0 + 1))
@@ -245,9 +282,24 @@ def test_robots_upsert_and_load(sql_store: SqlStore) -> None:
         carrying=set(),
         mode=RobotMode.IDLE,
     )
+    r3 = make_robot(
+        "R3",
+        capabilities=RobotCapabilities(
+            vendor="SimRobotics",
+            model="Courier-4",
+            cargo_classes=frozenset({CargoClass.CONTROLLED_DRUG, CargoClass.CLEAN}),
+            capacity_slots=4,
+            max_speed_m_s=1.0,
+            max_payload_kg=60.5,
+            compartments=4,
+        ),
+    )
     sql_store.upsert_robot(r1)
     sql_store.upsert_robot(r2)
-    assert sql_store.load_robots() == [r1, r2]
+    sql_store.upsert_robot(r3)
+    assert sql_store.load_robots() == [r1, r2, r3]
+    assert (r1.capabilities.max_payload_kg, r1.capabilities.compartments) == (None, None)
+    sql_store.upsert_robot(r3)  # unchanged: an upsert, not a second row
 
     r1.node = "OR-3"
     r1.battery_percent = 41.0
@@ -255,7 +307,7 @@ def test_robots_upsert_and_load(sql_store: SqlStore) -> None:
     r1.carrying = {"ORD-7"}
     sql_store.upsert_robot(r1)
     loaded = sql_store.load_robots()
-    assert loaded == [r1, r2]
+    assert loaded == [r1, r2, r3]
     assert isinstance(loaded[0].carrying, set) and isinstance(loaded[0].mode, RobotMode)
 
 
