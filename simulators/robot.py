@@ -94,7 +94,7 @@ class SimRobot:
                     max_speed_m_s=self.spec.speed_m_s,
                     current_node=self.node,
                     carrying_order_ids=self.carrying,
-                    battery_percent=self.battery,
+                    battery_percent=self.battery_now(),
                     in_lift=self.lift or "",
                     max_payload_kg=self.spec.max_payload_kg,
                     compartments=self.spec.compartments,
@@ -140,7 +140,7 @@ class SimRobot:
                     robot_id=self.spec.robot_id,
                     pose=common_pb2.Pose(level=self.level, x=node.x, y=node.y),
                     last_node=self.node,
-                    battery_percent=self.battery,
+                    battery_percent=self.battery_now(),
                     mode=mode,
                 )
             )
@@ -172,12 +172,18 @@ class SimRobot:
             self._step = None
         self.send_state()
 
+    def battery_now(self) -> float:
+        """The battery level, counting the charge gained since it docked."""
+        if self._charging_since is None:
+            return self.battery
+        gained = (self.scheduler.now() - self._charging_since) * CHARGE_PER_S
+        return min(100.0, self.battery + gained)
+
     def _stop_charging(self) -> None:
         """Bank the charge gained since docking."""
         if self._charging_since is None:
             return
-        gained = (self.scheduler.now() - self._charging_since) * CHARGE_PER_S
-        self.battery = min(100.0, self.battery + gained)
+        self.battery = self.battery_now()
         self._charging_since = None
         self.world.note(
             self.scheduler.now(), self.spec.robot_id, f"charged to {self.battery:.0f} %"
@@ -315,6 +321,8 @@ class SimRobot:
         elif kind == "charge":
             self._stop_charging()
         self._step = None
+        if kind == "charge":
+            self.send_state()  # as a VDA 5050 robot reports its new battery level at once
         self._timer = None
         self.steps_done += 1
         self._progress(step.step_id, robot_pb2.STEP_STATUS_COMPLETED)

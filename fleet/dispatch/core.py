@@ -90,6 +90,8 @@ class _RobotRun:
     lift_called_at: float | None = None  # when its current lift call began (for wait learning)
     charge_from: float = 0.0  # when its current charging stop is expected to begin
     topping_up: bool = False  # charging while idle: ends as soon as it is given work
+    charged_at: float | None = None  # when its last charging step ended
+    battery_at: float = 0.0  # when it last reported its battery
 
 
 @dataclass
@@ -523,6 +525,7 @@ class FleetCore:
         r = run.robot
         r.last_seen = self.clock.now()
         r.battery_percent = msg.battery_percent
+        run.battery_at = self.clock.now()
         r.level, r.x, r.y = msg.level or r.level, msg.x, msg.y
         if msg.node:
             r.node = msg.node
@@ -590,6 +593,7 @@ class FleetCore:
             self._request_replan()
         elif step.kind is StepKind.CHARGE:
             run.topping_up = False
+            run.charged_at = self.clock.now()
         if node and node in self.building.nodes:
             robot.node = node
         robot.level = self.building.nodes[robot.node].level
@@ -739,6 +743,9 @@ class FleetCore:
             cfg.battery_drain_pct_per_s <= 0
             or robot.node not in self._chargers
             or robot.battery_percent >= cfg.top_up_below_pct
+            # The battery it reported before its last charge ended is stale: wait for a fresh
+            # report rather than start the same charge over and over.
+            or (run.charged_at is not None and run.battery_at <= run.charged_at)
         ):
             return False
         now = self.clock.now()
@@ -966,9 +973,11 @@ class FleetCore:
         ):
             self._held.clear()
             self._request_replan()  # a station opened: its waiting orders can be planned
-        # Robots given work by an insertion start here if no plan has started them since.
+        # Robots given work by an insertion start here if no plan has started them since; an
+        # idle robot at a charger starts topping up once it has reported its battery.
         for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
-            if run.future and run.current_stop is None and run.in_flight is None:
+            free = run.current_stop is None and run.in_flight is None and run.waiting is None
+            if free and (run.future or (run.robot.node in self._chargers and not run.steps)):
                 self._advance(run)
 
     def _evict_finished(self, now: float) -> None:
