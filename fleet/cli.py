@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = map_commands.add_parser("check", help="validate a building map file")
     check.add_argument("file", metavar="FILE", help="the map (YAML)")
     check.set_defaults(handler=_map_check)
+    rmf = map_commands.add_parser(
+        "import-rmf", help="convert an Open-RMF traffic-editor building map to our format"
+    )
+    rmf.add_argument("file", metavar="FILE", help="the RMF map (*.building.yaml)")
+    rmf.add_argument("-o", "--output", required=True, metavar="OUT", help="map to write (YAML)")
+    rmf.add_argument(
+        "--overlay", metavar="OVERLAY", help="stations and settings RMF lacks (maps/README.md)"
+    )
+    rmf.set_defaults(handler=_map_import_rmf)
 
     # ---- simulate: the fast digital twin (simulators.fast.main, written by the lead) ----
     simulate = commands.add_parser(
@@ -144,6 +153,29 @@ def _map_check(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return code
+
+
+def _map_import_rmf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleet.building.loader import MapError
+    from fleet.building.rmf_import import import_rmf_file
+
+    try:
+        result, text = import_rmf_file(args.file, args.overlay, out_name=args.output)
+    except MapError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    Path(args.output).write_text(text, encoding="utf-8")
+    m = result.map
+    print(
+        f"{args.output}: {len(m['levels'])} levels, {len(m['lanes'])} lanes, "
+        f"{len(m.get('doors', []))} doors, {len(m.get('lifts', []))} lifts, "
+        f"{len(m.get('stations', []))} stations"
+    )
+    return 0
 
 
 def _delegate(module: str, temp_db: bool = False) -> Callable[[argparse.Namespace], int]:
