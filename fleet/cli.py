@@ -2,6 +2,7 @@
 
     fleet serve [--map M] [--db URL] [--port P] [--metrics-port P] [--time-scale F] ...
     fleet map check FILE
+    fleet custody verify|checkpoint|keygen ...   (fleet.store.ledger)
     fleet simulate --map M [--robots N] [--hours H] ...   (simulators.fast)
     fleet demo [--map M] [--robots N] [--duration-s S] ...  (simulators.demo)
 
@@ -42,6 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
     check = map_commands.add_parser("check", help="validate a building map file")
     check.add_argument("file", metavar="FILE", help="the map (YAML)")
     check.set_defaults(handler=_map_check)
+
+    # ---- custody: the controlled-drug custody ledger (fleet.store.ledger) ----
+    custody = commands.add_parser("custody", help="custody ledger: verify, checkpoint, keygen")
+    custody_commands = custody.add_subparsers(
+        dest="custody_command", metavar="ACTION", required=True
+    )
+    c_verify = custody_commands.add_parser(
+        "verify",
+        help="check the ledger's hash chain and signed checkpoints",
+        description="Exit 0 and print a summary for an intact ledger; exit 1 naming the first "
+        "bad record (seq and what is wrong); exit 2 when it cannot be read.",
+    )
+    c_checkpoint = custody_commands.add_parser(
+        "checkpoint", help="sign the ledger's current head and store the checkpoint"
+    )
+    for sub in (c_verify, c_checkpoint):
+        sub.add_argument(
+            "--db", default=None, metavar="URL", help="database URL (FLEET_DATABASE_URL)"
+        )
+    c_verify.add_argument(
+        "--public-key",
+        default=None,
+        metavar="FILE",
+        help="PEM public key checking checkpoint signatures (FLEET_CUSTODY_PUBLIC_KEY)",
+    )
+    c_checkpoint.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="FILE",
+        help="PEM Ed25519 signing key (FLEET_CUSTODY_SIGNING_KEY)",
+    )
+    c_keygen = custody_commands.add_parser("keygen", help="write a new Ed25519 key pair")
+    c_keygen.add_argument("--signing-key", required=True, metavar="FILE", help="private key out")
+    c_keygen.add_argument("--public-key", required=True, metavar="FILE", help="public key out")
+    custody.set_defaults(handler=_custody)
     rmf = map_commands.add_parser(
         "import-rmf", help="convert an Open-RMF traffic-editor building map to our format"
     )
@@ -176,6 +212,30 @@ def _map_import_rmf(args: argparse.Namespace) -> int:
         f"{len(m.get('stations', []))} stations"
     )
     return 0
+
+
+def _custody(args: argparse.Namespace) -> int:
+    from fleet.clock import SystemClock
+    from fleet.config import DEFAULT_DATABASE_URL
+    from fleet.store import ledger
+
+    env = os.environ
+    db = args.__dict__.get("db") or env.get("FLEET_DATABASE_URL") or DEFAULT_DATABASE_URL
+    if args.custody_command == "verify":
+        key = args.public_key or env.get("FLEET_CUSTODY_PUBLIC_KEY")
+        result = ledger.verify_command(db, key)
+    elif args.custody_command == "checkpoint":
+        signing_key = args.signing_key or env.get("FLEET_CUSTODY_SIGNING_KEY")
+        if not signing_key:
+            print("fleet custody checkpoint: give --signing-key or FLEET_CUSTODY_SIGNING_KEY")
+            return 2
+        result = ledger.checkpoint_command(db, signing_key, SystemClock())
+    else:
+        result = ledger.keygen_command(args.signing_key, args.public_key)
+    out = sys.stdout if result.code == 0 else sys.stderr
+    for line in result.lines:
+        print(line, file=out)
+    return result.code
 
 
 def _delegate(module: str, temp_db: bool = False) -> Callable[[argparse.Namespace], int]:
