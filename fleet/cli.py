@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--workload", default="standard", metavar="NAME", help="workload generator (standard)"
     )
+    simulate.add_argument(
+        "--defer-margin-min",
+        type=float,
+        default=45.0,
+        metavar="MIN",
+        help="late commitment of the optimizer: a ROUTINE order is picked up no earlier than "
+        "MIN minutes (plus its trip) before it is needed; 0 turns it off (45)",
+    )
     simulate.set_defaults(handler=_delegate("simulators.fast"))
 
     # ---- demo: the live demo (simulators.demo.main, written by the lead) ----
