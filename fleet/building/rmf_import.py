@@ -818,7 +818,8 @@ class _Converter:
                     entry[key] = spec[key]
             if name not in stations:
                 self.comments[f"stations.{name}"] = "from the overlay"
-            stations[name] = entry
+            order = ("name", "kind", "node", "service_time", "opening_hours")
+            stations[name] = {key: entry[key] for key in order if key in entry}
         return list(stations.values())
 
     def find_vertex(
