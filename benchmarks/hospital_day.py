@@ -31,7 +31,7 @@ from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.planning import Plan, Problem, solve
 from fleet.planning.baselines import greedy_earliest_finish, nearest_idle
-from simulators.fast import DRAIN_S, FastTwin, fleet_specs, kpi_report
+from simulators.fast import DEFER_MARGIN_S, DRAIN_S, FastTwin, fleet_specs, kpi_report, twin_config
 from simulators.workload import WORKLOADS
 
 Dispatcher = Callable[[Problem], Plan]
@@ -91,6 +91,7 @@ def run_day(
     dispatcher_name: str,
     workload_name: str = "hospital-day",
     time_limit_s: float = 10.0,
+    defer_margin_s: float | None = DEFER_MARGIN_S,
 ) -> dict[str, Any]:
     """Run `hours` of a workload with `robots` robots under one dispatcher; its KPI report.
 
@@ -106,7 +107,13 @@ def run_day(
         )
     solver = make_dispatcher(dispatcher_name, seed, time_limit_s)
     wall0 = time.perf_counter()
-    twin = FastTwin(building, fleet_specs(building, robots), seed=seed, solver=solver)
+    twin = FastTwin(
+        building,
+        fleet_specs(building, robots),
+        seed=seed,
+        solver=solver,
+        config=twin_config(dispatcher_name, defer_margin_s),
+    )
     start = twin.clock.now()
     twin.start()
     for timed in WORKLOADS[workload_name](building, start, hours, seed):
@@ -183,11 +190,11 @@ def compare(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _one(args: tuple[str, int, float, int, str, str, float]) -> dict[str, Any]:
+def _one(args: tuple[str, int, float, int, str, str, float, float]) -> dict[str, Any]:
     """A worker process's run (the building is loaded there: plain arguments pickle cheaply)."""
-    map_path, robots, hours, seed, dispatcher, workload, time_limit_s = args
+    map_path, robots, hours, seed, dispatcher, workload, time_limit_s, margin_s = args
     building = load_building(map_path)
-    return run_day(building, robots, hours, seed, dispatcher, workload, time_limit_s)
+    return run_day(building, robots, hours, seed, dispatcher, workload, time_limit_s, margin_s)
 
 
 def robots_needed(
@@ -233,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="LO-HI fleet sizes searched for 'robots needed' (empty: skip the search)",
     )
     parser.add_argument("--time-limit", type=float, default=10.0, help="optimizer cap per solve")
+    parser.add_argument(
+        "--defer-margin-min",
+        type=float,
+        default=DEFER_MARGIN_S / 60.0,
+        help="late commitment of the optimizer in minutes (0: off), as `fleet simulate`",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -252,7 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet = list(range(int(lo), int(hi or lo) + 1))
     sizes = sorted({args.robots, *fleet})
     jobs = [
-        (args.map, n, args.hours, args.seed, d, args.workload, args.time_limit)
+        (
+            args.map,
+            n,
+            args.hours,
+            args.seed,
+            d,
+            args.workload,
+            args.time_limit,
+            args.defer_margin_min * 60.0,
+        )
         for d in dispatchers
         for n in sizes
     ]
@@ -271,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hours=args.hours,
         seed=args.seed,
         workload=args.workload,
+        defer_margin_min=args.defer_margin_min,
         robots_needed=robots_needed(runs, dispatchers, fleet) if fleet else None,
         robots_needed_rule=(
             f"smallest fleet in {args.robots_range} with STAT on time >= {STAT_TARGET}, "

@@ -49,6 +49,19 @@ CLEAN_CLASSES = frozenset(
 DIRTY_CLASSES = frozenset({CargoClass.SOILED, CargoClass.WASTE})
 # After the last order is placed, robots get this long to finish before the run ends.
 DRAIN_S = 2 * 3600.0
+# Late commitment of our optimizer (`fleet.planning.deferral`): a ROUTINE order is picked up
+# no earlier than 45 minutes (plus its direct trip) before it is needed. The peers' baselines
+# dispatch at once, as Open-RMF and openTCS do.
+DEFER_MARGIN_S = 45 * 60.0
+
+
+def twin_config(dispatcher_name: str, defer_margin_s: float | None = DEFER_MARGIN_S) -> CoreConfig:
+    """The core's settings in the twin for `dispatcher_name` (finished orders kept for the
+    KPI report; late commitment only for our optimizer)."""
+    margin = defer_margin_s if dispatcher_name == "optimizer" and defer_margin_s else None
+    return CoreConfig(finished_retention_s=None, pickup_defer_margin_s=margin)
+
+
 TICK_S = 5.0
 # A return leg placed before its outbound arrived is tried again this much later.
 RETURN_RETRY_S = 60.0
@@ -376,6 +389,7 @@ def run_simulation(
     record_events: bool = False,
     dispatcher_name: str = "optimizer",
     workload_name: str = "standard",
+    defer_margin_s: float | None = DEFER_MARGIN_S,
 ) -> SimulationResult:
     """Run `hours` of a workload with `robots` robots; then let robots finish the orders still
     open (up to DRAIN_S) and fail, with a reason, whatever is left."""
@@ -388,6 +402,7 @@ def run_simulation(
         solve_time_limit_s=solve_time_limit_s,
         record_events=record_events,
         solver=dispatcher(dispatcher_name, solve_time_limit_s, seed),
+        config=twin_config(dispatcher_name, defer_margin_s),
     )
     start = twin.clock.now()
     orders = workload(workload_name, building, start, hours, seed, robots)
@@ -447,6 +462,7 @@ def main(args: argparse.Namespace) -> int:
             store,
             dispatcher_name=args.dispatcher,
             workload_name=args.workload,
+            defer_margin_s=args.defer_margin_min * 60.0,
         )
     finally:
         if store is not None:

@@ -28,6 +28,7 @@ from fleet.domain.order import Order, OrderEvent, OrderState
 from fleet.domain.priority import Priority
 from fleet.domain.robot import Robot, RobotCapabilities, RobotMode
 from fleet.planning import OnboardTask, Plan, Snapshot, Stop, StopKind, Task, VehicleState
+from fleet.planning.deferral import deferred_pickup
 from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
 from fleet.planning.plan import assign_compartments
 from fleet.planning.problem import grams
@@ -60,6 +61,13 @@ class CoreConfig:
     battery_charge_pct_per_s: float = 0.05
     # An idle robot standing at a charger charges while it waits for work (any work ends it).
     top_up_below_pct: float = 95.0
+    # Late commitment (`fleet.planning.deferral`): a ROUTINE order is not picked up earlier
+    # than this long (plus its direct trip) before it is needed, so that orders arriving
+    # meanwhile can share the trip; its robot stays free until it must leave. None: off.
+    pickup_defer_margin_s: float | None = None
+    # The speed the deferral assumes for the direct trip (slower than any robot: on the safe
+    # side).
+    defer_speed_m_s: float = 0.7
 
 
 @dataclass
@@ -145,6 +153,7 @@ class FleetCore:
         self.plan_version = 0  # counts applied plans
         self.replan_requested = False
         self._held: set[str] = set()  # open orders left out of the last snapshot: station closed
+        self._earliest: dict[str, float | None] = {}  # order id -> deferred pickup (see _deferred)
         self._started_at = clock.now()
         self._grace_over = False
         self._outbox: list[m.Outbound] = []
@@ -677,6 +686,9 @@ class FleetCore:
             stop = Stop(stop.node, stop.kind, ids, stop.arrival, stop.departure)
             robot = run.robot
             caps = robot.capabilities
+            if stop.kind is StopKind.PICKUP and self._hold(run, stop):
+                run.future.insert(0, stop)
+                return False
             try:
                 route = self.graph.route(robot.node, stop.node, caps.flow, caps.max_speed_m_s)
             except NoRoute as exc:
@@ -742,6 +754,7 @@ class FleetCore:
         if (
             cfg.battery_drain_pct_per_s <= 0
             or robot.node not in self._chargers
+            or run.future  # held for a deferred pickup: it leaves soon
             or robot.battery_percent >= cfg.top_up_below_pct
             # The battery it reported before its last charge ended is stale: wait for a fresh
             # report rather than start the same charge over and over.
@@ -785,6 +798,49 @@ class FleetCore:
             run.steps.clear()
             run.current_stop = None
             self._advance(run)
+
+    def _deferred(self, o: Order, now: float) -> float | None:
+        """The earliest pickup of a ROUTINE order with time to spare (late commitment), or
+        None when it may be picked up at once."""
+        if o.id not in self._earliest:
+            stations = self.building.stations
+            pickup, dropoff = stations[o.pickup_station], stations[o.dropoff_station]
+            try:
+                drive = self.graph.travel_time(
+                    pickup.node, dropoff.node, flow_of(o.cargo_class), self.config.defer_speed_m_s
+                )
+            except NoRoute:
+                drive = math.inf
+            earliest = deferred_pickup(
+                priority=o.priority,
+                needed_by=o.needed_by,
+                now=-math.inf,
+                direct_s=pickup.service_time_s + drive + dropoff.service_time_s,
+                margin_s=self.config.pickup_defer_margin_s,
+            )
+            self._earliest[o.id] = earliest
+        earliest = self._earliest[o.id]
+        return earliest if earliest is not None and earliest > now else None
+
+    def _hold(self, run: _RobotRun, stop: Stop) -> bool:
+        """Whether the robot should wait where it is before driving to pickup `stop`: every
+        order it would load there is deferred past the time it would arrive."""
+        if self.config.pickup_defer_margin_s is None or run.robot.carrying:
+            # Nothing on board waits for a deferral: the deferred order is picked up early.
+            return False
+        now = self.clock.now()
+        earliest = min(
+            (self._deferred(self.orders[oid], now) or -math.inf for oid in stop.order_ids),
+            default=-math.inf,
+        )
+        if earliest <= now:
+            return False
+        caps = run.robot.capabilities
+        try:
+            drive = self.graph.travel_time(run.robot.node, stop.node, caps.flow, caps.max_speed_m_s)
+        except NoRoute:
+            return False  # _start_next_stop deals with it
+        return now + drive < earliest
 
     def _still_wanted(self, run: _RobotRun, stop: Stop, oid: str) -> bool:
         order = self.orders.get(oid)
@@ -995,6 +1051,7 @@ class FleetCore:
         ]
         for oid in old:
             del self.orders[oid]
+            self._earliest.pop(oid, None)
 
     def _go_offline(self, run: _RobotRun, why: str) -> None:
         self._abandon_work(run, f"robot {run.robot.id} went offline ({why})", fail_onboard=True)
@@ -1078,7 +1135,9 @@ class FleetCore:
             self.store.record_assignments(
                 [Assignment(order.id, found.robot_id, now, self.plan_version)]
             )
-        order.eta = found.eta
+        # A deferred pickup waits: the drop-off comes that much later than the insertion says.
+        earliest = self._deferred(order, now)
+        order.eta = found.eta + max(0.0, (earliest or -math.inf) - found.pickup_eta)
         self._mark(order)
         self._record_compartments(run, found.stops, found.compartments)
         return True
@@ -1117,7 +1176,7 @@ class FleetCore:
         ]
         released = [o for o in open_work if self._released_at(o, now) <= now]
         self._held = {o.id for o in open_work} - {o.id for o in released}
-        tasks = tuple(self._task(o) for o in released)
+        tasks = tuple(self._late(self._task(o), o, now) for o in released)
         vehicles.sort(key=lambda v: v.robot_id)
         self.replan_requested = False
         chargers = self._chargers if self.config.battery_drain_pct_per_s > 0 else ()
@@ -1166,7 +1225,7 @@ class FleetCore:
                 cargo_class=o.cargo_class,
                 quantity=o.quantity,
                 priority=o.priority,
-                needed_by=o.needed_by,
+                needed_by=_wanted_by(o),
                 dropoff_service_s=self.building.stations[o.dropoff_station].service_time_s,
                 weight_kg=o.weight_kg,
                 compartment=o.compartment,
@@ -1231,7 +1290,7 @@ class FleetCore:
             quantity=o.quantity,
             priority=o.priority,
             created_at=o.created_at,
-            needed_by=o.needed_by,
+            needed_by=_wanted_by(o),
             pickup_service_s=pickup_service,
             dropoff_service_s=dropoff_service,
             pickup_latest=None if math.isinf(pickup_close) else pickup_close - pickup_service,
@@ -1241,6 +1300,14 @@ class FleetCore:
             pinned_robot=o.pinned_robot,
             pinned_compartment=o.pinned_compartment,
         )
+
+    def _late(self, task: Task, o: Order, now: float) -> Task:
+        """`task` with its deferred pickup as a hard earliest time (late commitment); an order
+        that must also meet a station's closing time is never deferred."""
+        if task.pickup_latest is not None or task.dropoff_latest is not None:
+            return task
+        earliest = self._deferred(o, now)
+        return task if earliest is None else dataclasses.replace(task, pickup_earliest=earliest)
 
     def apply_plan(self, plan: Plan, epoch: int) -> bool:
         """Install a plan computed from the snapshot taken at `epoch`.
@@ -1367,3 +1434,12 @@ class FleetCore:
             for res in self.reservations.held_by(run.robot.id):
                 out[res] = self.reservations.holders(res)
         return out
+
+
+def _wanted_by(o: Order) -> float | None:
+    """The time the planner aims to deliver `o` by: its needed-by time, else what its priority
+    implies (a STAT order with no time is wanted within minutes, not whenever convenient)."""
+    if o.needed_by is not None:
+        return o.needed_by
+    within = o.priority.default_within_s
+    return None if within is None else o.created_at + within
