@@ -235,7 +235,10 @@ def _custody(args: argparse.Namespace) -> int:
     elif args.custody_command == "checkpoint":
         signing_key = args.signing_key or env.get("FLEET_CUSTODY_SIGNING_KEY")
         if not signing_key:
-            print("fleet custody checkpoint: give --signing-key or FLEET_CUSTODY_SIGNING_KEY")
+            print(
+                "fleet custody checkpoint: give --signing-key or FLEET_CUSTODY_SIGNING_KEY",
+                file=sys.stderr,
+            )
             return 2
         result = ledger.checkpoint_command(db, signing_key, SystemClock())
     else:
