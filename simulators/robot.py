@@ -111,6 +111,11 @@ class SimRobot:
                 timer.cancel()
         self._timer = self._state_timer = None
         self._stop_charging()
+        step = self._step
+        if step is not None and step.WhichOneof("kind") == "move" and step.move.door_id:
+            # Simplification: a robot that dies while crossing a door is taken to have stopped
+            # short of it (it stays at the lane's start), so the doorway is not left occupied.
+            self.world.back_out_of_door(self.scheduler.now(), step.move.door_id, self.spec.robot_id)
         self._step = None
 
     def _schedule_state(self) -> None:

@@ -79,6 +79,11 @@ class World:
         self.doors[door].occupants.discard(robot)
         self.door_passes += 1
 
+    def back_out_of_door(self, at: float, door: str, robot: str) -> None:
+        """A robot stops short of a door it had started to cross (no pass counted)."""
+        self.doors[door].occupants.discard(robot)
+        self.note(at, robot, f"stopped short of door {door}")
+
     def enter_lift(self, at: float, lift: str, robot: str, level: str, session_id: str) -> str:
         """A robot drives into a car; returns why it may not ('' when it may)."""
         car = self.lifts[lift]

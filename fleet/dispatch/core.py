@@ -99,6 +99,9 @@ class _RobotRun:
     charge_from: float = 0.0  # when its current charging stop is expected to begin
     topping_up: bool = False  # charging while idle: ends as soon as it is given work
     charged_at: float | None = None  # when its last charging step ended
+    # `future` may still hold orders cancelled, failed or given to another robot since it was
+    # planned; the next insertion filters it once (rather than at every insertion).
+    stale: bool = True
     battery_at: float = 0.0  # when it last reported its battery
 
 
@@ -154,6 +157,9 @@ class FleetCore:
         self.replan_requested = False
         self._held: set[str] = set()  # open orders left out of the last snapshot: station closed
         self._earliest: dict[str, float | None] = {}  # order id -> deferred pickup (see _deferred)
+        # (node, flow, speed) -> travel time to the nearest charger, for the graph's version.
+        self._to_charger: dict[tuple[str, str, float], float] = {}
+        self._to_charger_version = -1
         self._started_at = clock.now()
         self._grace_over = False
         self._outbox: list[m.Outbound] = []
@@ -428,6 +434,10 @@ class FleetCore:
 
     def _mark(self, order: Order) -> None:
         self._dirty[order.id] = order
+        if order.state.terminal or order.state is OrderState.PENDING:
+            run = self.robots.get(order.robot_id or "")
+            if run is not None:
+                run.stale = True
 
     def _flush(self) -> None:
         if not self._dirty:
@@ -1107,7 +1117,12 @@ class FleetCore:
             vehicle = self._vehicle(run, now)
             if vehicle is None:
                 continue
-            stops = without_orders(run.future, self._gone_from(run.robot.id, order.id))
+            if run.stale or order.robot_id == run.robot.id:
+                stops = without_orders(run.future, self._gone_from(run.robot.id, order.id))
+                if run.stale:
+                    run.future, run.stale = list(stops), False
+            else:
+                stops = tuple(run.future)
             runs.append(run)
             routes.append(VehicleRoute(vehicle, stops))
         found = None
@@ -1129,6 +1144,9 @@ class FleetCore:
             return False
         run = runs[[r.robot.id for r in runs].index(found.robot_id)]
         run.future = list(found.stops)
+        previous = self.robots.get(order.robot_id or "")
+        if previous is not None and previous is not run:
+            previous.stale = True  # the order leaves its future
         if order.state is OrderState.PENDING or order.robot_id != found.robot_id:
             order.robot_id = found.robot_id
             order.move_to(OrderState.ASSIGNED, now, f"assigned to {found.robot_id} ({why})")
@@ -1212,10 +1230,7 @@ class FleetCore:
             # The reserve is what gets a robot to a charger: one that could not reach a charger
             # without using it is "below its reserve" for the planner, which then sends it to
             # charge first (that drive may use the reserve).
-            to_charger = min(
-                self.graph.travel_time(start, c, r.capabilities.flow, r.capabilities.max_speed_m_s)
-                for c in self._chargers
-            )
+            to_charger = self._charger_time(start, r.capabilities)
             if battery - cfg.battery_drain_pct_per_s * to_charger < cfg.battery_reserve_pct:
                 battery = min(battery, cfg.battery_reserve_pct - 1e-6)
         onboard = tuple(
@@ -1250,6 +1265,19 @@ class FleetCore:
             charge_pct_per_s=cfg.battery_charge_pct_per_s,
             charging_until=charging_until,
         )
+
+    def _charger_time(self, node: str, caps: RobotCapabilities) -> float:
+        """Travel time from `node` to the nearest charger (cached until the graph changes)."""
+        if self._to_charger_version != self.graph.version:
+            self._to_charger.clear()
+            self._to_charger_version = self.graph.version
+        flow, speed = caps.flow, caps.max_speed_m_s
+        key = (node, flow.value, speed)
+        found = self._to_charger.get(key)
+        if found is None:
+            found = min(self.graph.travel_time(node, c, flow, speed) for c in self._chargers)
+            self._to_charger[key] = found
+        return found
 
     def _open_until(self, station: str, now: float) -> tuple[float, float]:
         """When `station` next opens (`now` if open) and when it closes after that (inf: never)."""
@@ -1334,6 +1362,7 @@ class FleetCore:
             if run is None or not run.connected:
                 continue
             run.future = list(route.stops)
+            run.stale = True  # orders may have been cancelled since the snapshot
             for stop in route.stops:
                 if stop.kind is not StopKind.PICKUP:
                     continue

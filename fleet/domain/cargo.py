@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 
@@ -43,6 +44,7 @@ def flow_of(cargo: CargoClass) -> Flow:
     return Flow.DIRTY if cargo in _DIRTY else Flow.CLEAN
 
 
+@functools.cache  # asked for every robot at every planning step; few distinct sets exist
 def flow_of_classes(classes: frozenset[CargoClass]) -> Flow:
     """The single flow a robot allowed to carry `classes` works in.
 
