@@ -111,10 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--defer-margin-min",
         type=float,
-        default=45.0,
+        default=None,
         metavar="MIN",
         help="late commitment of the optimizer: a ROUTINE order is picked up no earlier than "
-        "MIN minutes (plus its trip) before it is needed; 0 turns it off (45)",
+        "MIN minutes (plus its trip) before it is needed; 0 turns it off (45 for the "
+        "hospital-day workload, else 0)",
     )
     simulate.set_defaults(handler=_delegate("simulators.fast"))
 

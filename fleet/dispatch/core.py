@@ -65,6 +65,9 @@ class CoreConfig:
     # than this long (plus its direct trip) before it is needed, so that orders arriving
     # meanwhile can share the trip; its robot stays free until it must leave. None: off.
     pickup_defer_margin_s: float | None = None
+    # A deferred order is planned (given a robot) only this long before its earliest pickup;
+    # until then it waits PENDING with the ETA the deferral implies. Keeps solves small.
+    defer_lookahead_s: float = 40 * 60.0
     # The speed the deferral assumes for the direct trip (slower than any robot: on the safe
     # side).
     defer_speed_m_s: float = 0.7
@@ -1141,6 +1144,11 @@ class FleetCore:
             if order.state is OrderState.ASSIGNED:
                 order.move_to(OrderState.PENDING, now, "no robot can take it now")
                 self._mark(order)
+            elif self._deferred(order, now) is not None and order.needed_by is not None:
+                # Scheduled, not yet planned: it arrives the deferral margin before it is needed.
+                margin = self.config.pickup_defer_margin_s or 0.0
+                order.eta = order.needed_by - margin
+                self._mark(order)
             return False
         run = runs[[r.robot.id for r in runs].index(found.robot_id)]
         run.future = list(found.stops)
@@ -1198,7 +1206,24 @@ class FleetCore:
         vehicles.sort(key=lambda v: v.robot_id)
         self.replan_requested = False
         chargers = self._chargers if self.config.battery_drain_pct_per_s > 0 else ()
-        snap = Snapshot(now=now, vehicles=tuple(vehicles), tasks=tasks, chargers=chargers)
+        # The current plan warm-starts the solve (what insertions made of it since the last one).
+        task_ids = {t.order_id for t in tasks} | {o.order_id for v in vehicles for o in v.onboard}
+        hint = tuple(
+            (
+                v.robot_id,
+                tuple(
+                    (oid, stop.kind)
+                    for stop in self.robots[v.robot_id].future
+                    if stop.kind in (StopKind.PICKUP, StopKind.DROPOFF)
+                    for oid in stop.order_ids
+                    if oid in task_ids
+                ),
+            )
+            for v in vehicles
+        )
+        snap = Snapshot(
+            now=now, vehicles=tuple(vehicles), tasks=tasks, chargers=chargers, hint=hint
+        )
         return snap, self.plan_epoch
 
     def _vehicle(self, run: _RobotRun, now: float) -> VehicleState | None:
@@ -1291,12 +1316,17 @@ class FleetCore:
     def _released_at(self, o: Order, now: float) -> float:
         """When the order may be planned: both of its stations open (now for most orders).
 
-        Until then it waits PENDING, so a robot is never sent to a closed station to wait.
+        Until then it waits PENDING, so a robot is never sent to a closed station to wait. A
+        deferred order (late commitment) waits until shortly before its earliest pickup.
         """
-        return max(
+        opens = max(
             self._open_until(o.pickup_station, now)[0],
             self._open_until(o.dropoff_station, now)[0],
         )
+        earliest = self._deferred(o, now)
+        if earliest is None:
+            return opens
+        return max(opens, earliest - self.config.defer_lookahead_s)
 
     def _task(self, o: Order) -> Task:
         """An order not yet on board, as the planner sees it.

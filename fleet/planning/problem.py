@@ -78,6 +78,7 @@ from dataclasses import dataclass
 
 from fleet.domain.cargo import CargoClass, Flow, flow_of
 from fleet.domain.priority import Priority
+from fleet.planning.plan import StopKind
 
 TravelTime = Callable[[str, str, Flow, float], float]
 """(from_node, to_node, flow, speed_m_s) -> seconds; `math.inf` when `to_node` is unreachable."""
@@ -396,6 +397,10 @@ class VehicleState:
         return self.charging_until is not None and self.charging_until > now
 
 
+Hint = tuple[tuple[str, tuple[tuple[str, StopKind], ...]], ...]
+"""Per robot id, its planned visits in order as (order id, PICKUP or DROPOFF)."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The fleet and the open work at time `now` (absolute seconds)."""
@@ -407,6 +412,10 @@ class Snapshot:
     """Building nodes where a robot can charge; the plan sends robots whose battery would fall
     below their reserve to one of them (see `VehicleState.drain_pct_per_s`). Empty (the default):
     no charging visit is planned."""
+    hint: Hint = ()
+    """The current plan, to warm-start the search from: per robot id, its planned visits in
+    order as (order id, PICKUP or DROPOFF). Visits the problem does not have, or that would
+    break a rule, are left out; a hint that does not fit at all is ignored."""
 
 
 @dataclass(frozen=True)
@@ -449,6 +458,7 @@ class Problem:
     span_cost: int | None = None
     search: SearchConfig = SearchConfig()
     chargers: tuple[str, ...] = ()
+    hint: Hint = ()
 
     def __post_init__(self) -> None:
         if self.metaheuristic not in METAHEURISTICS:
@@ -585,6 +595,7 @@ def build_problem(
         span_cost=span_cost,
         search=search if search is not None else SearchConfig(),
         chargers=chargers,
+        hint=snapshot.hint,
     )
 
 

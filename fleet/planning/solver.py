@@ -637,7 +637,14 @@ def _search(
     if not config.route_elimination:
         model = _build_model(problem, nodes, pairs)
         params = _parameters(problem, time_limit_s)
-        solution = model.routing.SolveWithParameters(params)
+        solution = None
+        routes = _hint_routes(problem, nodes, pairs)
+        if any(routes):
+            # Warm start from the current plan; from scratch when it no longer fits.
+            warm = _solve_from(model, routes, params)
+            solution = None if warm is None else warm[0]
+        if solution is None:
+            solution = model.routing.SolveWithParameters(params)
         return None if solution is None else _extract(problem, nodes, model, solution)
 
     started = _time.monotonic()
@@ -688,6 +695,58 @@ def _search(
 
 
 _Key = tuple[str, StopKind | None]
+
+
+def _hint_routes(
+    problem: Problem, nodes: Sequence[_Node], pairs: Sequence[tuple[int, int]]
+) -> list[list[int]]:
+    """`problem.hint` as routes of node numbers, per vehicle, keeping only visits that can
+    stand: each node once, a task's pickup and delivery on one allowed vehicle in that order,
+    an onboard delivery on its own vehicle. Empty routes when there is no hint."""
+    if not problem.hint:
+        return [[] for _ in problem.vehicles]
+    where = {
+        node.key: i
+        for i, node in enumerate(nodes)
+        if node.kind in (StopKind.PICKUP, StopKind.DROPOFF)
+    }
+    task_of = {t.order_id: k for k, t in enumerate(problem.tasks)}
+    partner: dict[int, int] = {}
+    for p, d in pairs:
+        if p >= 0:
+            partner[p], partner[d] = d, p
+    hinted = dict(problem.hint)
+    used: set[int] = set()
+    routes: list[list[int]] = []
+    for v, vehicle in enumerate(problem.vehicles):
+        onboard = {o.order_id for o in vehicle.onboard}
+        wanted = [where[key] for key in hinted.get(vehicle.robot_id, ()) if key in where]
+        position = {n: i for i, n in enumerate(wanted)}
+        route: list[int] = []
+        for i, n in enumerate(wanted):
+            node = nodes[n]
+            if n in used:
+                continue
+            if node.order_id in onboard:
+                ok = node.kind is StopKind.DROPOFF
+            else:
+                k = task_of.get(node.order_id)
+                other = partner.get(n)
+                ok = (
+                    k is not None
+                    and other is not None
+                    and v in problem.allowed_vehicles[k]
+                    and (
+                        position.get(other, -1) > i
+                        if node.kind is StopKind.PICKUP
+                        else other in used and other in route
+                    )
+                )
+            if ok:
+                route.append(n)
+                used.add(n)
+        routes.append(route)
+    return routes
 
 
 def _solve_restricted(

@@ -51,13 +51,16 @@ def test_a_routine_order_needed_later_is_picked_up_late_and_delivered_on_time(
     now = t.clock.now()
     needed_by = now + 3 * 3600
     created = t.handle(order("WH-PORT-1", "OR-03", needed_by=needed_by))
-    assert created is not None and created.state is OrderState.ASSIGNED
+    # Scheduled: no robot yet (it is chosen shortly before the pickup), but an ETA at once,
+    # the deferral margin before it is needed.
+    assert created is not None and created.state is OrderState.PENDING
+    assert created.eta == needed_by - MARGIN
     earliest = t.core._deferred(created, now)
     assert earliest is not None and now + 3600 < earliest < needed_by - MARGIN
-    # The ETA the nurse sees already counts the wait.
-    assert created.eta is not None and earliest < created.eta <= needed_by
-    t.run_until(now + 3600)
-    assert t.core.orders[created.id].state is OrderState.ASSIGNED
+    t.run_until(earliest - t.core.config.defer_lookahead_s - 60)
+    assert t.core.orders[created.id].state is OrderState.PENDING
+    t.run_until(earliest - 60)
+    assert t.core.orders[created.id].state is OrderState.ASSIGNED  # planned, robot held
     assert not _pickups(t)
     t.run_until(now + 4 * 3600, stop_when_done=True)
     done = t.core.orders[created.id]
