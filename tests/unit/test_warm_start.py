@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.planning import Snapshot, StopKind, build_problem, solve
 from fleet.planning.problem import Hint
 from fleet.planning.solver import _hint_routes, _layout
-from tests.unit.test_planning import NOW, check_plan, onboard, robot, task, travel
+from tests.unit.test_planning import NOW, check_plan, onboard, robot, snapshots, task, travel
 
 P, D = StopKind.PICKUP, StopKind.DROPOFF
 
@@ -82,3 +86,25 @@ def test_a_hint_replays_identically() -> None:
     first = solve(build_problem(snap, travel), time_limit_s=5.0)
     second = solve(build_problem(snap, travel), time_limit_s=5.0)
     assert first == second
+
+
+@settings(max_examples=25, deadline=None)
+@given(snapshots(), st.randoms(use_true_random=False))
+def test_a_plan_warm_started_from_any_hint_obeys_the_rules(
+    snapshot: Snapshot, rnd: random.Random
+) -> None:
+    # Any hint, sensible or not (visits shuffled across robots and out of order), gives a plan
+    # that keeps every rule and serves what it can.
+    visits = [(t.order_id, kind) for t in snapshot.tasks for kind in (P, D)]
+    visits += [(o.order_id, D) for v in snapshot.vehicles for o in v.onboard]
+    rnd.shuffle(visits)
+    robots = [v.robot_id for v in snapshot.vehicles]
+    hint: dict[str, list[tuple[str, StopKind]]] = {rid: [] for rid in robots}
+    for visit in visits:
+        if robots:
+            hint[rnd.choice(robots)].append(visit)
+    warm = dataclasses.replace(snapshot, hint=tuple((r, tuple(v)) for r, v in hint.items()))
+    plan = solve(build_problem(warm, travel), time_limit_s=5.0)
+    check_plan(warm, plan)
+    cold = solve(build_problem(snapshot, travel), time_limit_s=5.0)
+    assert len(plan.unassigned) <= len(cold.unassigned)
