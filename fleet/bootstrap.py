@@ -150,7 +150,10 @@ class Service:
             graph,
             store,
             make_clock(s),
-            CoreConfig(offline_timeout_s=s.offline_timeout_s),
+            CoreConfig(
+                offline_timeout_s=s.offline_timeout_s,
+                pickup_defer_margin_s=s.defer_margin_min * 60.0 or None,
+            ),
         )
         return self._core
 

@@ -40,6 +40,8 @@ class Settings:
     time_scale: float = 1.0
     solve_time_limit_s: float = 2.0
     offline_timeout_s: float = 30.0
+    # Late commitment (minutes, 0: off): see fleet.planning.deferral.
+    defer_margin_min: float = 0.0
     tick_interval_s: float = 1.0
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
@@ -208,6 +210,13 @@ _SPECS: dict[str, _Spec] = {
         _parse_float,
         _check_positive,
     ),
+    "defer_margin_min": _Spec(
+        "defer_margin",
+        "--defer-margin-min",
+        "FLEET_DEFER_MARGIN_MIN",
+        _parse_float,
+        _check_non_negative,
+    ),
     "tick_interval_s": _Spec(
         "tick_interval", "--tick-interval", "FLEET_TICK_INTERVAL_S", _parse_float, _check_positive
     ),
@@ -271,6 +280,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds without a robot report before it is offline "
         "(default 30); env FLEET_OFFLINE_TIMEOUT_S",
+    )
+    parser.add_argument(
+        s["defer_margin_min"].flag,
+        dest="defer_margin",
+        metavar="MIN",
+        help="late commitment: a ROUTINE order is picked up no earlier than MIN minutes (plus "
+        "its trip) before it is needed, so later orders can share the trip (default 0: off); "
+        "env FLEET_DEFER_MARGIN_MIN",
     )
     parser.add_argument(
         s["tick_interval_s"].flag,

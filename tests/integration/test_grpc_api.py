@@ -703,8 +703,10 @@ def test_settings_flags_override_environment() -> None:
         "FLEET_METRICS_PORT": "-1",
         "FLEET_TIME_SCALE": "20",
         "FLEET_DATABASE_URL": "postgresql://fleet@db/fleet",
+        "FLEET_DEFER_MARGIN_MIN": "45",
     }
     settings = Settings.from_env_and_args(parser.parse_args(["--port", "7000"]), env)
+    assert settings.defer_margin_min == 45.0
     assert settings.map_path == Path("env.yaml")
     assert settings.grpc_port == 7000
     assert settings.metrics_port == -1
@@ -716,12 +718,14 @@ def test_settings_flags_override_environment() -> None:
         50051,
         9464,
     )
+    assert defaults.defer_margin_min == 0.0  # late commitment is the hospital's choice
     for args, environ, name in [
         (["--port", "http"], env, "--port"),
         ([], env | {"FLEET_GRPC_PORT": "70000"}, "FLEET_GRPC_PORT"),
         ([], env | {"FLEET_TIME_SCALE": "0"}, "FLEET_TIME_SCALE"),
         (["--metrics-port", "-2"], env, "--metrics-port"),
         (["--log-level", "chatty"], env, "--log-level"),
+        (["--defer-margin-min", "-5"], env, "--defer-margin-min"),
         ([], {}, "--map"),
     ]:
         with pytest.raises(ValueError, match=f"^{name}"):
