@@ -62,6 +62,11 @@ def create_store_engine(url: str) -> Engine:
     try:
         # Every table registered with SQLModel: ours (imported above) and any other module's.
         SQLModel.metadata.create_all(engine)
+        if "custody_events" in SQLModel.metadata.tables:
+            # The custody ledger's tables never exist without their append-only triggers.
+            from fleet.store.ledger import install_ledger_schema
+
+            install_ledger_schema(engine)
     except BaseException:
         engine.dispose()
         raise

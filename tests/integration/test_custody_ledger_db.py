@@ -382,3 +382,30 @@ def test_restricted_role_can_only_read_and_append(app_role: str) -> None:
         assert [e.seq for e in store.events()] == [1, 2]
     finally:
         store.close()
+
+
+def test_the_order_store_never_creates_ledger_tables_without_their_triggers(
+    store_url: str,
+) -> None:
+    # fleet.store.ledger is imported (above), so its tables are registered with SQLModel: the
+    # order store creating every registered table must install the append-only triggers too.
+    from fleet.store import open_store
+
+    store = open_store(store_url)
+    store.close()
+    engine = _admin_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            tables = set(
+                conn.execute(
+                    text(
+                        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                        if conn.dialect.name == "sqlite"
+                        else "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                    )
+                ).scalars()
+            )
+        assert {t for t in tables if t.startswith("custody_events")}, tables
+        assert {t for t in tables if t.startswith("custody_checkpoints")}, tables
+    finally:
+        engine.dispose()
