@@ -15,41 +15,25 @@ on time at least 99 % and all orders on time at least 95 %).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from fleet.building.loader import MapError, load_building
 from fleet.building.model import Building
-from fleet.domain.order import Order, OrderState
+from fleet.domain.order import Order
 from fleet.domain.priority import Priority
-from fleet.planning import Plan, Problem, solve
-from fleet.planning.baselines import greedy_earliest_finish, nearest_idle
-from simulators.fast import DEFER_MARGIN_S, DRAIN_S, FastTwin, fleet_specs, kpi_report, twin_config
+from simulators.fast import DEFER_MARGIN_S, run_simulation
 from simulators.workload import WORKLOADS
-
-Dispatcher = Callable[[Problem], Plan]
 
 OPTIMIZER = "optimizer"
 GREEDY = "greedy-earliest-finish"
 NEAREST = "nearest-idle"
-
-
-def make_dispatcher(name: str, seed: int = 1, time_limit_s: float = 10.0) -> Dispatcher:
-    """The dispatcher called `name`: our `solve`, or one of the baselines."""
-    if name == OPTIMIZER:
-        return functools.partial(solve, time_limit_s=time_limit_s, seed=seed)
-    if name == GREEDY:
-        return functools.partial(greedy_earliest_finish, seed=seed)
-    if name == NEAREST:
-        return functools.partial(nearest_idle, seed=seed)
-    raise ValueError(f"dispatcher: unknown {name!r}, expected one of {', '.join(DISPATCHERS)}")
 
 
 DISPATCHERS = (OPTIMIZER, GREEDY, NEAREST)
@@ -105,25 +89,18 @@ def run_day(
         raise ValueError(
             f"workload: unknown {workload_name!r}, expected one of {', '.join(WORKLOADS)}"
         )
-    solver = make_dispatcher(dispatcher_name, seed, time_limit_s)
-    wall0 = time.perf_counter()
-    twin = FastTwin(
+    result = run_simulation(
         building,
-        fleet_specs(building, robots),
-        seed=seed,
-        solver=solver,
-        config=twin_config(dispatcher_name, defer_margin_s),
+        robots,
+        hours,
+        seed,
+        solve_time_limit_s=time_limit_s,
+        dispatcher_name=dispatcher_name,
+        workload_name=workload_name,
+        defer_margin_s=defer_margin_s,
     )
-    start = twin.clock.now()
-    twin.start()
-    for timed in WORKLOADS[workload_name](building, start, hours, seed):
-        twin.place(timed)
-    end = start + hours * 3600.0
-    twin.run_until(end)
-    twin.run_until(end + DRAIN_S, stop_when_done=True)
-    _close_out(twin)
-    report = kpi_report(twin, time.perf_counter() - wall0, start)
-    orders = list(twin.core.orders.values())
+    report = dict(result.report)
+    orders = list(result.core.orders.values())
     report.update(
         dispatcher=dispatcher_name,
         workload=workload_name,
@@ -134,20 +111,6 @@ def run_day(
         service_rate_by_priority=_met_by_priority(orders),
     )
     return report
-
-
-def _close_out(twin: FastTwin) -> None:
-    """Orders still open when the run ends fail with the reason, so none is unexplained."""
-    now = twin.clock.now()
-    still_open = [o for o in twin.core.orders.values() if not o.state.terminal]
-    for order in still_open:
-        order.move_to(
-            OrderState.FAILED,
-            now,
-            f"not delivered by the end of the simulation (was {order.state.value})",
-        )
-    if still_open:
-        twin.store.update_orders(still_open)
 
 
 def meets_service(report: dict[str, Any]) -> bool:

@@ -219,7 +219,8 @@ _STATION_KEYS = {
 }
 
 
-def _join(path: str, key: object) -> str:
+def join_path(path: str, key: object) -> str:
+    """The error path of `key` inside `path` (`a.b`, or `b` at the root)."""
     return str(key) if path == ROOT else f"{path}.{key}"
 
 
@@ -227,7 +228,8 @@ def _index(path: str, i: int) -> str:
     return f"[{i}]" if path == ROOT else f"{path}[{i}]"
 
 
-def _describe(value: object) -> str:
+def describe_value(value: object) -> str:
+    """A short description of a bad value for an error message."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -272,18 +274,18 @@ class _Parser:
         `keys` maps each allowed key to whether it is required; None allows any key.
         """
         if not isinstance(value, Mapping):
-            self.error(path, f"expected a mapping, got {_describe(value)}")
+            self.error(path, f"expected a mapping, got {describe_value(value)}")
             return None
         if isinstance(value, _Mapping):
             for key, first, again in value.duplicates:
-                self.error(_join(path, key), f"duplicate key (lines {first} and {again})")
+                self.error(join_path(path, key), f"duplicate key (lines {first} and {again})")
         if keys is not None:
             for key in value:
                 if key not in keys:
-                    self.error(_join(path, key), _unknown_key(key, keys))
+                    self.error(join_path(path, key), _unknown_key(key, keys))
             for key, required in keys.items():
                 if required and key not in value:
-                    self.error(_join(path, key), "required field is missing")
+                    self.error(join_path(path, key), "required field is missing")
         return value
 
     def items(self, data: Mapping[Any, Any], key: str, path: str) -> Iterator[tuple[int, str, Any]]:
@@ -291,9 +293,9 @@ class _Parser:
         value = data.get(key)
         if value is None:
             return
-        where = _join(path, key)
+        where = join_path(path, key)
         if not isinstance(value, list):
-            self.error(where, f"expected a list, got {_describe(value)}")
+            self.error(where, f"expected a list, got {describe_value(value)}")
             return
         for i, item in enumerate(value):
             yield i, _index(where, i), item
@@ -304,7 +306,9 @@ class _Parser:
             return None  # reported by `mapping` as missing
         value = data[key]
         if not isinstance(value, str) or not value.strip():
-            self.error(_join(path, key), f"expected a non-empty name, got {_describe(value)}")
+            self.error(
+                join_path(path, key), f"expected a non-empty name, got {describe_value(value)}"
+            )
             return None
         return value
 
@@ -322,9 +326,9 @@ class _Parser:
         if key not in data:
             return None
         value = data[key]
-        where = _join(path, key)
+        where = join_path(path, key)
         if not _is_number(value):
-            self.error(where, f"expected a number{unit}, got {_describe(value)}")
+            self.error(where, f"expected a number{unit}, got {describe_value(value)}")
             return None
         number = float(value)
         if not math.isfinite(number):
@@ -346,7 +350,8 @@ class _Parser:
         if isinstance(value, str) and value.strip().upper() in Access.__members__:
             return Access[value.strip().upper()]
         self.error(
-            _join(path, "access"), f"expected one of clean, dirty, any, got {_describe(value)}"
+            join_path(path, "access"),
+            f"expected one of clean, dirty, any, got {describe_value(value)}",
         )
         return None
 
@@ -362,7 +367,7 @@ class _Parser:
         """Record `name` at `path`; report and return False when it was seen before."""
         if name in seen:
             self.error(
-                _join(path, "name"), f"duplicate {what} name {name!r} (first at {seen[name]})"
+                join_path(path, "name"), f"duplicate {what} name {name!r} (first at {seen[name]})"
             )
             return False
         seen[name] = path
@@ -404,7 +409,7 @@ class _Parser:
         """The map's IANA time zone (default UTC); reports an unknown one."""
         value = root.get("timezone", "UTC")
         if not isinstance(value, str) or not value.strip():
-            self.error("timezone", f"expected a time zone name, got {_describe(value)}")
+            self.error("timezone", f"expected a time zone name, got {describe_value(value)}")
             return "UTC"
         problem = check_timezone(value)
         if problem is not None:
@@ -431,14 +436,16 @@ class _Parser:
                 levels[name] = Level(name, elevation)
             if "nodes" not in data:
                 continue
-            nodes_path = _join(path, "nodes")
+            nodes_path = join_path(path, "nodes")
             # `nodes:` with nothing under it is an empty level, not an error.
             raw_nodes = data["nodes"] if data["nodes"] is not None else {}
             level_nodes = self.mapping(raw_nodes, nodes_path)
             for node_name, coords in (level_nodes or {}).items():
-                node_path = _join(nodes_path, node_name)
+                node_path = join_path(nodes_path, node_name)
                 if not isinstance(node_name, str) or not node_name.strip():
-                    self.error(node_path, f"node names must be text, got {_describe(node_name)}")
+                    self.error(
+                        node_path, f"node names must be text, got {describe_value(node_name)}"
+                    )
                     continue
                 if node_name in node_paths:
                     self.error(
@@ -460,7 +467,7 @@ class _Parser:
             and all(_is_number(v) and math.isfinite(v) for v in value)
         ):
             return float(value[0]), float(value[1])
-        self.error(path, f"expected [x, y] in metres, got {_describe(value)}")
+        self.error(path, f"expected [x, y] in metres, got {describe_value(value)}")
         return None
 
     def parse_doors(self, root: Mapping[Any, Any]) -> tuple[dict[str, Door], dict[str, str]]:
@@ -489,8 +496,8 @@ class _Parser:
         if isinstance(value, str) and value.strip().upper() in DoorKind.__members__:
             return DoorKind[value.strip().upper()]
         self.error(
-            _join(path, "kind"),
-            f"expected automatic or access_controlled, got {_describe(value)}",
+            join_path(path, "kind"),
+            f"expected automatic or access_controlled, got {describe_value(value)}",
         )
         return None
 
@@ -543,7 +550,7 @@ class _Parser:
         ends: list[Node] = []
         for key in ("start", "end"):
             name = self.text(data, key, path)
-            if name is None or not self.known("node", name, nodes, _join(path, key)):
+            if name is None or not self.known("node", name, nodes, join_path(path, key)):
                 ok = False
             else:
                 ends.append(nodes[name])
@@ -556,19 +563,21 @@ class _Parser:
         bidirectional = data.get("bidirectional", True)
         if not isinstance(bidirectional, bool):
             self.error(
-                _join(path, "bidirectional"),
-                f"expected true or false, got {_describe(bidirectional)}",
+                join_path(path, "bidirectional"),
+                f"expected true or false, got {describe_value(bidirectional)}",
             )
             ok = False
         access = self.access(data, path)
         door = data.get("door")
         if door is not None:
             if not isinstance(door, str):
-                self.error(_join(path, "door"), f"expected a door name, got {_describe(door)}")
+                self.error(
+                    join_path(path, "door"), f"expected a door name, got {describe_value(door)}"
+                )
                 ok = False
             else:
                 used_doors.add(door)
-                if not self.known("door", door, doors, _join(path, "door")):
+                if not self.known("door", door, doors, join_path(path, "door")):
                     ok = False
         if len(ends) == 2:
             a, b = ends
@@ -626,8 +635,8 @@ class _Parser:
                 capacity = value
             else:
                 self.error(
-                    _join(path, "capacity_robots"),
-                    f"expected a whole number of robots, at least 1, got {_describe(value)}",
+                    join_path(path, "capacity_robots"),
+                    f"expected a whole number of robots, at least 1, got {describe_value(value)}",
                 )
         door_time = self.number(data, "door_time", path, unit=" (seconds)")
         speed = self.number(data, "speed", path, unit=" (m/s)")
@@ -638,9 +647,9 @@ class _Parser:
         initial = data.get("initial_level")
         initial_ok = True
         if initial is not None:
-            where = _join(path, "initial_level")
+            where = join_path(path, "initial_level")
             if not isinstance(initial, str):
-                self.error(where, f"expected a level name, got {_describe(initial)}")
+                self.error(where, f"expected a level name, got {describe_value(initial)}")
                 initial_ok = False
             elif lobbies is not None and initial not in lobbies:
                 served = ", ".join(lobbies)
@@ -678,21 +687,21 @@ class _Parser:
     ) -> dict[str, str] | None:
         if "lobbies" not in data:
             return None
-        where = _join(path, "lobbies")
+        where = join_path(path, "lobbies")
         value = self.mapping(data["lobbies"], where)
         if value is None:
             return None
         lobbies: dict[str, str] = {}
         ok = True
         for level, node in value.items():
-            at = _join(where, level)
+            at = join_path(where, level)
             if not isinstance(level, str):
-                self.error(at, f"expected a level name, got {_describe(level)}")
+                self.error(at, f"expected a level name, got {describe_value(level)}")
                 ok = False
             elif not self.known("level", level, levels, at):
                 ok = False
             elif not isinstance(node, str):
-                self.error(at, f"expected a lobby node name, got {_describe(node)}")
+                self.error(at, f"expected a lobby node name, got {describe_value(node)}")
                 ok = False
             elif not self.known("node", node, nodes, at):
                 ok = False
@@ -732,11 +741,11 @@ class _Parser:
             else:
                 choices = ", ".join(k.value.lower() for k in StationKind)
                 self.error(
-                    _join(path, "kind"),
+                    join_path(path, "kind"),
                     f"unknown station kind {value!r} (expected one of: {choices})",
                 )
         node = self.text(data, "node", path)
-        if node is not None and not self.known("node", node, nodes, _join(path, "node")):
+        if node is not None and not self.known("node", node, nodes, join_path(path, "node")):
             node = None
         # Zero is a fair service time for a parking spot, so only negative times are refused.
         service = self.number(data, "service_time", path, inclusive=True, unit=" (seconds)")
@@ -761,7 +770,7 @@ class _Parser:
         """
         if "opening_hours" not in data:
             return ALWAYS_OPEN
-        where = _join(path, "opening_hours")
+        where = join_path(path, "opening_hours")
         value = data["opening_hours"]
         if isinstance(value, list):
             daily = self.intervals(value, where)
@@ -777,7 +786,7 @@ class _Parser:
             self.error(
                 where,
                 "expected a list of intervals such as ['07:00-19:00'], or a mapping of "
-                f"weekdays (mon-fri, sat, ...) to such lists, got {_describe(value)}",
+                f"weekdays (mon-fri, sat, ...) to such lists, got {describe_value(value)}",
             )
             return None
         if hours.never_open:
@@ -796,9 +805,9 @@ class _Parser:
         given: dict[int, str] = {}  # weekday -> the key that gave it
         ok = True
         for key, intervals in value.items():
-            at = _join(where, key)
+            at = join_path(where, key)
             if not isinstance(key, str):
-                self.error(at, f"expected weekdays such as 'mon-fri', got {_describe(key)}")
+                self.error(at, f"expected weekdays such as 'mon-fri', got {describe_value(key)}")
                 ok = False
                 continue
             try:
@@ -818,7 +827,7 @@ class _Parser:
                 self.error(
                     at,
                     "expected a list of intervals such as ['07:00-19:00'] ([] for closed), "
-                    f"got {_describe(intervals)}",
+                    f"got {describe_value(intervals)}",
                 )
                 ok = False
                 continue
@@ -841,7 +850,8 @@ class _Parser:
                 # YAML 1.1 reads an unquoted 19:00 as base-60 1140: say so, or the error baffles.
                 hint = "; quote times, YAML reads 19:00 as a number" if _is_number(item) else ""
                 self.error(
-                    at, f"expected an interval such as '07:00-19:00', got {_describe(item)}{hint}"
+                    at,
+                    f"expected an interval such as '07:00-19:00', got {describe_value(item)}{hint}",
                 )
                 ok = False
                 continue

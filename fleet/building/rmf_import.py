@@ -35,11 +35,16 @@ from typing import Any
 
 import yaml
 
-from fleet.building.loader import MapError, MapIssue, parse_building
+from fleet.building.loader import (
+    ROOT,
+    MapError,
+    MapIssue,
+    describe_value,
+    join_path,
+    parse_building,
+)
 from fleet.building.model import StationKind
 from fleet.domain.cargo import Access
-
-ROOT = "<root>"
 
 # Door timings by RMF door type: (open time, close time) in seconds. Sliding doors are quicker
 # than swing doors, double doors a little slower than single ones.
@@ -87,24 +92,6 @@ class RmfImport:
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-
-def _join(path: str, key: object) -> str:
-    return str(key) if path == ROOT else f"{path}.{key}"
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"boolean {value}".lower()
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"text {value!r}"
-    return f"{type(value).__name__} {value!r}"
 
 
 def _is_number(value: object) -> bool:
@@ -210,7 +197,7 @@ class _Converter:
         if isinstance(value, Mapping):
             return value
         report = self.overlay_error if overlay else self.error
-        report(path, f"expected a mapping, got {_describe(value)}")
+        report(path, f"expected a mapping, got {describe_value(value)}")
         return {}
 
     def read_levels(self, rmf: Mapping[Any, Any]) -> list[_Level]:
@@ -225,14 +212,17 @@ class _Converter:
         self.y_flip = y_flip = -1.0 if system == "reference_image" else 1.0
         levels: list[_Level] = []
         for name, data in levels_data.items():
-            path = _join("levels", name)
+            path = join_path("levels", name)
             if not isinstance(name, str) or not name.strip():
-                self.error(path, f"expected a level name, got {_describe(name)}")
+                self.error(path, f"expected a level name, got {describe_value(name)}")
                 continue
             level_data = self.mapping(data, path)
             elevation = level_data.get("elevation", 0.0)
             if not _is_number(elevation):
-                self.error(_join(path, "elevation"), f"expected metres, got {_describe(elevation)}")
+                self.error(
+                    join_path(path, "elevation"),
+                    f"expected metres, got {describe_value(elevation)}",
+                )
                 elevation = 0.0
             vertices = self.read_vertices(level_data, path, y_flip)
             levels.append(_Level(name, path, float(elevation), level_data, vertices))
@@ -241,9 +231,9 @@ class _Converter:
     def read_vertices(self, level: Mapping[Any, Any], path: str, y_flip: float) -> list[_Vertex]:
         out: list[_Vertex] = []
         raw = level.get("vertices") or []
-        where = _join(path, "vertices")
+        where = join_path(path, "vertices")
         if not isinstance(raw, list):
-            self.error(where, f"expected a list of vertices, got {_describe(raw)}")
+            self.error(where, f"expected a list of vertices, got {describe_value(raw)}")
             return out
         for i, item in enumerate(raw):
             at = f"{where}[{i}]"
@@ -253,7 +243,7 @@ class _Converter:
                 or not _is_number(item[0])
                 or not _is_number(item[1])
             ):
-                self.error(at, f"expected [x, y, z, name, {{params}}], got {_describe(item)}")
+                self.error(at, f"expected [x, y, z, name, {{params}}], got {describe_value(item)}")
                 out.append(_Vertex(i, 0.0, 0.0, "", {}))
                 continue
             name = item[3] if isinstance(item[3], str) else str(item[3] or "")
@@ -266,13 +256,13 @@ class _Converter:
     ) -> tuple[_Vertex, _Vertex, Mapping[str, Any]] | None:
         """An RMF edge `[v1, v2, {params}]` (lane, door, measurement) with its vertices."""
         if not isinstance(item, list) or len(item) < 2:
-            self.error(at, f"expected a {what} [v1, v2, {{params}}], got {_describe(item)}")
+            self.error(at, f"expected a {what} [v1, v2, {{params}}], got {describe_value(item)}")
             return None
         ends: list[_Vertex] = []
         for k in (0, 1):
             idx = item[k]
             if not isinstance(idx, int) or isinstance(idx, bool):
-                self.error(f"{at}[{k}]", f"expected a vertex index, got {_describe(idx)}")
+                self.error(f"{at}[{k}]", f"expected a vertex index, got {describe_value(idx)}")
                 return None
             if not 0 <= idx < len(level.vertices):
                 self.error(
@@ -287,9 +277,9 @@ class _Converter:
 
     def edges(self, level: _Level, key: str, what: str) -> list[tuple[int, str, Any]]:
         raw = level.data.get(key) or []
-        where = _join(level.path, key)
+        where = join_path(level.path, key)
         if not isinstance(raw, list):
-            self.error(where, f"expected a list, got {_describe(raw)}")
+            self.error(where, f"expected a list, got {describe_value(raw)}")
             return []
         return [(i, f"{where}[{i}]", item) for i, item in enumerate(raw)]
 
@@ -307,7 +297,8 @@ class _Converter:
             pixels = math.hypot(a.x_px - b.x_px, a.y_px - b.y_px)
             if not _is_number(metres) or metres <= 0:
                 self.error(
-                    f"{at}.distance", f"expected a distance in metres > 0, got {_describe(metres)}"
+                    f"{at}.distance",
+                    f"expected a distance in metres > 0, got {describe_value(metres)}",
                 )
             elif pixels <= 0:
                 self.error(at, f"measurement joins vertices {a.index} and {b.index} at one point")
@@ -355,7 +346,7 @@ class _Converter:
         ref_scale = self.measured_scale(ref)
         if ref_scale is None:
             self.error(
-                _join(ref.path, "measurements"),
+                join_path(ref.path, "measurements"),
                 f"level {ref.name!r} (the reference level) has no measurements, so its scale is "
                 "unknown: add a measurement (two vertices and the metres between them)",
             )
@@ -380,7 +371,7 @@ class _Converter:
                     )
             else:
                 self.error(
-                    _join(level.path, "measurements"),
+                    join_path(level.path, "measurements"),
                     f"level {level.name!r} has no measurements and shares fewer than 2 fiducials "
                     f"with the reference level {ref.name!r}, so its scale is unknown: add a "
                     "measurement or matching fiducials",
@@ -390,7 +381,7 @@ class _Converter:
 
     def convert(self, rmf: object, overlay: object) -> RmfImport:
         if not isinstance(rmf, Mapping):
-            self.error(ROOT, f"expected an RMF building map (a mapping), got {_describe(rmf)}")
+            self.error(ROOT, f"expected an RMF building map (a mapping), got {describe_value(rmf)}")
             self.check()
         assert isinstance(rmf, Mapping)
         opts = _Overlay.read(overlay, self)
@@ -503,7 +494,7 @@ class _Converter:
                 self.overlay_error("graphs", f"the RMF map has no lanes in graph {graph}")
         for graph in sorted(set(opts.graph_access) - seen_graphs):
             self.overlay_error(
-                _join("graph_access", graph), f"the RMF map has no lanes in graph {graph}"
+                join_path("graph_access", graph), f"the RMF map has no lanes in graph {graph}"
             )
         return lanes
 
@@ -644,7 +635,7 @@ class _Converter:
         for door_name in opts.doors:
             if door_name not in found:
                 self.overlay_error(
-                    _join("doors", door_name),
+                    join_path("doors", door_name),
                     f"no door {door_name!r} on an imported lane of the RMF map",
                 )
         # Doors whose only lane lost its door to another door would fail our loader.
@@ -657,10 +648,10 @@ class _Converter:
         raw = rmf.get("lifts") or {}
         lifts: dict[str, _Lift] = {}
         if not isinstance(raw, Mapping):
-            self.error("lifts", f"expected a mapping of lifts, got {_describe(raw)}")
+            self.error("lifts", f"expected a mapping of lifts, got {describe_value(raw)}")
             return lifts
         for name, data in raw.items():
-            path = _join("lifts", name)
+            path = join_path("lifts", name)
             lift = _Lift.read(str(name), path, self.mapping(data, path), levels, self)
             if lift is not None:
                 lifts[str(name)] = lift
@@ -734,7 +725,7 @@ class _Converter:
                 self.notes.append(f"lift {name!r} left out: {why}")
                 if name in opts.lifts:
                     self.overlay_error(
-                        _join("lifts", name), f"lift {name!r} is not imported: {why}"
+                        join_path("lifts", name), f"lift {name!r} is not imported: {why}"
                     )
                 continue
             entry: dict[str, Any] = {
@@ -757,7 +748,7 @@ class _Converter:
             )
         for name in opts.lifts:
             if name not in lifts:
-                self.overlay_error(_join("lifts", name), f"no lift {name!r} in the RMF map")
+                self.overlay_error(join_path("lifts", name), f"no lift {name!r} in the RMF map")
         return out
 
     # -- stations ------------------------------------------------------------------------------
@@ -786,11 +777,11 @@ class _Converter:
                 ]
                 self.comments[f"stations.{v.node}"] = "RMF " + ", ".join(flags)
         for name, spec in opts.stations.items():
-            path = _join("stations", name)
+            path = join_path("stations", name)
             if spec.get("remove") is True:
                 if name not in stations:
                     self.overlay_error(
-                        _join(path, "remove"), f"no imported station {name!r} to remove"
+                        join_path(path, "remove"), f"no imported station {name!r} to remove"
                     )
                 else:
                     del stations[name]
@@ -811,7 +802,7 @@ class _Converter:
             if "kind" in spec:
                 entry["kind"] = spec["kind"]
             elif "kind" not in entry:
-                self.overlay_error(_join(path, "kind"), "required field is missing")
+                self.overlay_error(join_path(path, "kind"), "required field is missing")
                 continue
             for key in ("service_time", "opening_hours"):
                 if key in spec:
@@ -828,10 +819,10 @@ class _Converter:
         """The vertex an overlay station names: by name (and level) or by index and level."""
         ref = spec["vertex"]
         level_name = spec.get("level")
-        where = _join(path, "vertex")
+        where = join_path(path, "vertex")
         if level_name is not None and level_name not in {level.name for level in levels}:
             self.overlay_error(
-                _join(path, "level"),
+                join_path(path, "level"),
                 f"unknown level {level_name!r} (the RMF map has "
                 + ", ".join(level.name for level in levels)
                 + ")",
@@ -840,7 +831,9 @@ class _Converter:
         scope = [level for level in levels if level_name is None or level.name == level_name]
         if isinstance(ref, int) and not isinstance(ref, bool):
             if level_name is None:
-                self.overlay_error(_join(path, "level"), "a vertex given by index needs a level")
+                self.overlay_error(
+                    join_path(path, "level"), "a vertex given by index needs a level"
+                )
                 return None
             level = scope[0]
             if not 0 <= ref < len(level.vertices):
@@ -878,7 +871,7 @@ class _Converter:
                     )
                     return None
         else:
-            self.overlay_error(where, f"expected a vertex name or index, got {_describe(ref)}")
+            self.overlay_error(where, f"expected a vertex name or index, got {describe_value(ref)}")
             return None
         vertex = matches[0]
         if not vertex.node:
@@ -969,21 +962,23 @@ class _Lift:
             if isinstance(value, int | float) and _is_number(value):
                 numbers[key] = float(value)
             else:
-                conv.error(_join(path, key), f"expected a number, got {_describe(value)}")
+                conv.error(join_path(path, key), f"expected a number, got {describe_value(value)}")
                 ok = False
         yaw = data.get("yaw", 0.0)
         if not _is_number(yaw):
-            conv.error(_join(path, "yaw"), f"expected radians, got {_describe(yaw)}")
+            conv.error(join_path(path, "yaw"), f"expected radians, got {describe_value(yaw)}")
             ok = False
         ref_name = data.get("reference_floor_name", next(iter(levels), ""))
         if ref_name not in levels:
-            conv.error(_join(path, "reference_floor_name"), f"unknown level {ref_name!r}")
+            conv.error(join_path(path, "reference_floor_name"), f"unknown level {ref_name!r}")
             ok = False
         level_doors: dict[str, list[str]] = {}
         raw_doors = data.get("level_doors") or {}
         for level, names in raw_doors.items() if isinstance(raw_doors, Mapping) else []:
             if level not in levels:
-                conv.error(_join(_join(path, "level_doors"), level), f"unknown level {level!r}")
+                conv.error(
+                    join_path(join_path(path, "level_doors"), level), f"unknown level {level!r}"
+                )
                 ok = False
             elif isinstance(names, list) and names:
                 level_doors[str(level)] = [str(n) for n in names]
@@ -1080,7 +1075,7 @@ class _Overlay:
                 if isinstance(value, str) and value.strip():
                     setattr(opts, key, value)
                 else:
-                    conv.overlay_error(key, f"expected text, got {_describe(value)}")
+                    conv.overlay_error(key, f"expected text, got {describe_value(value)}")
         if "graphs" in root:
             value = root["graphs"]
             if isinstance(value, list) and value and all(_is_graph(g) for g in value):
@@ -1092,11 +1087,13 @@ class _Overlay:
         for graph, access in conv.mapping(
             root.get("graph_access", {}), "graph_access", overlay=True
         ).items():
-            at = _join("graph_access", graph)
+            at = join_path("graph_access", graph)
             if not _is_graph(graph):
-                conv.overlay_error(at, f"expected a graph number, got {_describe(graph)}")
+                conv.overlay_error(at, f"expected a graph number, got {describe_value(graph)}")
             elif not isinstance(access, str) or access.strip().upper() not in Access.__members__:
-                conv.overlay_error(at, f"expected clean, dirty or any, got {_describe(access)}")
+                conv.overlay_error(
+                    at, f"expected clean, dirty or any, got {describe_value(access)}"
+                )
             else:
                 opts.graph_access[graph] = Access[access.strip().upper()]
         for section, keys, target in (
@@ -1105,7 +1102,7 @@ class _Overlay:
             ("stations", _OVERLAY_STATION_KEYS, opts.stations),
         ):
             for name, spec in conv.mapping(root.get(section, {}), section, overlay=True).items():
-                at = _join(section, name)
+                at = join_path(section, name)
                 entry = conv.mapping(spec, at, overlay=True)
                 _known_keys(entry, at, keys, conv)
                 target[str(name)] = {k: v for k, v in entry.items() if k in keys}
@@ -1116,7 +1113,7 @@ class _Overlay:
             ):
                 choices = ", ".join(k.value.lower() for k in StationKind)
                 conv.overlay_error(
-                    _join(_join("stations", name), "kind"),
+                    join_path(join_path("stations", name), "kind"),
                     f"unknown station kind {kind!r} (expected one of: {choices})",
                 )
         return opts
@@ -1137,7 +1134,7 @@ def _known_keys(
                 if close
                 else f"unknown key (expected one of: {', '.join(keys)})"
             )
-            conv.overlay_error(_join(path, key), why)
+            conv.overlay_error(join_path(path, key), why)
 
 
 # --- public API ---------------------------------------------------------------------------------
