@@ -29,6 +29,7 @@ Solve = Callable[[Problem], Plan]
 RobotSink = Callable[[m.WelcomeRobot | m.SendStep | m.SendInstantAction], None]
 DeviceSink = Callable[[m.DoorCommand | m.LiftCommand], None]
 OrderSink = Callable[[Order], None]
+AlertSink = Callable[[m.Alert], None]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Router:
     robots: dict[str, RobotSink] = field(default_factory=dict)
     devices: dict[str, DeviceSink] = field(default_factory=dict)  # door or lift id -> sink
     watchers: list[OrderSink] = field(default_factory=list)
+    alert_watchers: list[AlertSink] = field(default_factory=list)
     undelivered: int = 0
 
     def route(self, outs: list[m.Outbound]) -> None:
@@ -55,6 +57,11 @@ class Router:
         if isinstance(out, m.OrderChanged):
             for watch in list(self.watchers):
                 watch(out.order)
+            return
+        if isinstance(out, m.Alert):
+            # Alerts are also kept by the core (`FleetCore.alerts`); nobody watching is fine.
+            for alert_sink in list(self.alert_watchers):
+                alert_sink(out)
             return
         if isinstance(out, m.DoorCommand | m.LiftCommand):
             device = out.door_id if isinstance(out, m.DoorCommand) else out.lift_id

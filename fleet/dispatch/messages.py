@@ -120,6 +120,7 @@ class DoorReport:
     door_id: str
     mode: DoorMode
     session_id: str = ""
+    fault: str = ""  # BLOCKED / FAULT / OFFLINE: what the controller says is wrong
 
 
 class LiftDoorState(StrEnum):
@@ -150,6 +151,53 @@ class LiftReport:
     mode: LiftMode
     session_id: str = ""
     destination: str = ""
+    fault: str = ""  # OUT_OF_SERVICE / FIRE_RECALL / OFFLINE: why, as the controller says
+    # Seconds left on the session's lease when the report was made (0: no session or no lease).
+    lease_remaining_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FireAlarm:
+    """The building's fire alarm changed (a controller relays it). While active, every fire
+    door is released to close and no robot may hold one open or enter a lift."""
+
+    active: bool
+    controller_id: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RequestAck:
+    """A controller's answer to a door or lift request: accepted, or refused and why (e.g. an
+    access-controlled door refusing a robot, a car out of service, an expired lease)."""
+
+    device_id: str
+    session_id: str
+    accepted: bool
+    reason: str = ""
+
+
+class OperatorAction(StrEnum):
+    """What an operator in the operations centre can do to the traffic."""
+
+    PAUSE_ROBOT = "PAUSE_ROBOT"  # target: robot id, or "" for every robot
+    RESUME_ROBOT = "RESUME_ROBOT"  # target: robot id, or "" for every robot
+    CLOSE_LANE = "CLOSE_LANE"  # target: lane name (`A--B` two-way, `A->B` one-way)
+    REOPEN_LANE = "REOPEN_LANE"
+    CLOSE_DOOR = "CLOSE_DOOR"  # target: door name
+    REOPEN_DOOR = "REOPEN_DOOR"
+    CLOSE_LIFT = "CLOSE_LIFT"  # target: lift name
+    REOPEN_LIFT = "REOPEN_LIFT"
+
+
+@dataclass(frozen=True)
+class OperatorCommand:
+    """An operator acts on the traffic; every plan it affects is rebuilt."""
+
+    action: OperatorAction
+    target: str = ""
+    reason: str = ""
+    operator: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +224,9 @@ Inbound = (
     | DoorReport
     | LiftReport
     | ControllerHello
+    | FireAlarm
+    | RequestAck
+    | OperatorCommand
     | Tick
 )
 
@@ -242,6 +293,7 @@ class LiftAction(StrEnum):
     CALL = "CALL"
     GO_TO = "GO_TO"
     RELEASE = "RELEASE"
+    RENEW = "RENEW"  # extend the session's lease; changes nothing else
 
 
 @dataclass(frozen=True)
@@ -253,6 +305,32 @@ class LiftCommand:
     session_id: str
     robot_id: str
     level: str = ""
+    # The controller frees the car when the session is not renewed (any request of the session
+    # renews it) within this many seconds; 0: no lease.
+    lease_s: float = 0.0
+
+
+class AlertSeverity(StrEnum):
+    """How urgently logistics staff must act."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something logistics staff must know or act on (a lift out of service, a door stuck on the
+    only route, robots paused). `cleared` alerts say the matter is over; `subject` names the
+    device or robot, `robots` the robots it affects."""
+
+    at: float
+    code: str
+    severity: AlertSeverity
+    subject: str
+    message: str
+    robots: tuple[str, ...] = ()
+    cleared: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,4 +351,6 @@ class StepRecord:
     order_ids: tuple[str, ...] = field(default=())
 
 
-Outbound = WelcomeRobot | SendStep | SendInstantAction | DoorCommand | LiftCommand | OrderChanged
+Outbound = (
+    WelcomeRobot | SendStep | SendInstantAction | DoorCommand | LiftCommand | OrderChanged | Alert
+)
