@@ -188,6 +188,8 @@ _ROOT_KEYS = {
     "lifts": False,
     "stations": False,
     "timezone": False,
+    "exclusive_nodes": False,
+    "holding_points": False,
 }
 _LEVEL_KEYS = {"name": True, "elevation": True, "nodes": True}
 _LANE_KEYS = {
@@ -198,6 +200,8 @@ _LANE_KEYS = {
     "speed_limit": False,
     "access": False,
     "door": False,
+    "exclusive": False,
+    "zone": False,
 }
 _DOOR_KEYS = {"name": True, "kind": True, "open_time": True, "close_time": True}
 _LIFT_KEYS = {
@@ -209,6 +213,9 @@ _LIFT_KEYS = {
     "access": False,
     "expected_wait": False,
     "initial_level": False,
+    "shares_with_people": False,
+    "bank": False,
+    "recall_level": False,
 }
 _STATION_KEYS = {
     "name": True,
@@ -387,7 +394,11 @@ class _Parser:
         levels, nodes = self.parse_levels(root)
         doors, door_paths = self.parse_doors(root)
         lanes = self.parse_lanes(root, nodes, doors, door_paths)
-        lifts = self.parse_lifts(root, levels, nodes)
+        lifts, lift_paths = self.parse_lifts(root, levels, nodes)
+        self.check_banks(lifts, lift_paths)
+        exclusive = self.node_list(root, "exclusive_nodes", nodes)
+        holding = self.node_list(root, "holding_points", nodes)
+        self.check_holding_points(holding, exclusive, lifts, lift_paths)
         stations, station_paths = self.parse_stations(root, nodes)
         if not self.graph_incomplete:
             self.check_reachable(nodes, lanes, lifts, stations, station_paths)
@@ -403,6 +414,9 @@ class _Parser:
             stations=stations,
             source=self.source,
             timezone=timezone,
+            exclusive_nodes=frozenset(exclusive)
+            | {node for lift in lifts.values() for node in lift.lobbies.values()},
+            holding_points=frozenset(holding),
         )
 
     def timezone(self, root: Mapping[Any, Any]) -> str:
@@ -497,7 +511,7 @@ class _Parser:
             return DoorKind[value.strip().upper()]
         self.error(
             join_path(path, "kind"),
-            f"expected automatic or access_controlled, got {describe_value(value)}",
+            f"expected automatic, access_controlled or fire, got {describe_value(value)}",
         )
         return None
 
@@ -511,6 +525,7 @@ class _Parser:
         lanes: list[Lane] = []
         used_doors: set[str] = set()
         directed: dict[tuple[str, str], str] = {}  # (from, to) -> path of the lane giving it
+        zones: dict[str, tuple[str, str]] = {}  # zone -> (its level, path of its first lane)
         for _, path, item in self.items(root, "lanes", ROOT):
             lane = self.parse_lane(item, path, nodes, doors, used_doors)
             if lane is None:
@@ -528,6 +543,16 @@ class _Parser:
             for pair in pairs:
                 directed[pair] = path
             lanes.append(lane)
+            if lane.zone is not None:
+                # A zone is one narrow stretch of corridor: lanes on another level are a typo.
+                level = nodes[lane.start].level
+                first_level, first = zones.setdefault(lane.zone, (level, path))
+                if first_level != level:
+                    self.error(
+                        join_path(path, "zone"),
+                        f"zone {lane.zone!r} is on level {first_level} ({first}), this lane on "
+                        f"{level}; a zone is one stretch of corridor on one level",
+                    )
         if not self.graph_incomplete:
             # Only when every lane was read: a lane we could not read may have named the door.
             for name, path in door_paths.items():
@@ -568,6 +593,27 @@ class _Parser:
             )
             ok = False
         access = self.access(data, path)
+        exclusive = data.get("exclusive", False)
+        if not isinstance(exclusive, bool):
+            self.error(
+                join_path(path, "exclusive"),
+                f"expected true or false, got {describe_value(exclusive)}",
+            )
+            ok = False
+        zone = data.get("zone")
+        if "zone" in data:
+            if not isinstance(zone, str) or not zone.strip():
+                self.error(
+                    join_path(path, "zone"), f"expected a zone name, got {describe_value(zone)}"
+                )
+                ok = False
+            elif exclusive is False and "exclusive" in data:
+                # Saying both is a contradiction the author should resolve, not us guess at.
+                self.error(
+                    join_path(path, "exclusive"),
+                    f"a lane in zone {zone!r} is exclusive; leave out exclusive or make it true",
+                )
+                ok = False
         door = data.get("door")
         if door is not None:
             if not isinstance(door, str):
@@ -606,11 +652,14 @@ class _Parser:
             speed_limit_m_s=speed_limit,
             access=access,
             door=door if isinstance(door, str) else None,
+            # A zone is one exclusive resource, so each of its lanes is exclusive too.
+            exclusive=exclusive is True or isinstance(zone, str),
+            zone=zone if isinstance(zone, str) else None,
         )
 
     def parse_lifts(
         self, root: Mapping[Any, Any], levels: dict[str, Level], nodes: dict[str, Node]
-    ) -> dict[str, Lift]:
+    ) -> tuple[dict[str, Lift], dict[str, str]]:
         lifts: dict[str, Lift] = {}
         paths: dict[str, str] = {}
         for _, path, item in self.items(root, "lifts", ROOT):
@@ -619,7 +668,7 @@ class _Parser:
                 self.graph_incomplete = True
             elif self.unique(paths, lift.name, path, "lift"):
                 lifts[lift.name] = lift
-        return lifts
+        return lifts, paths
 
     def parse_lift(
         self, item: object, path: str, levels: dict[str, Level], nodes: dict[str, Node]
@@ -645,16 +694,20 @@ class _Parser:
         access = self.access(data, path)
         lobbies = self.lobbies(data, path, levels, nodes)
         initial = data.get("initial_level")
-        initial_ok = True
-        if initial is not None:
-            where = join_path(path, "initial_level")
-            if not isinstance(initial, str):
-                self.error(where, f"expected a level name, got {describe_value(initial)}")
-                initial_ok = False
-            elif lobbies is not None and initial not in lobbies:
-                served = ", ".join(lobbies)
-                self.error(where, f"level {initial!r} is not served by this lift (serves {served})")
-                initial_ok = False
+        initial_ok = self.served_level(data, "initial_level", path, lobbies)
+        recall = data.get("recall_level")
+        recall_ok = self.served_level(data, "recall_level", path, lobbies)
+        shares = data.get("shares_with_people", True)
+        shares_ok = isinstance(shares, bool)
+        if not shares_ok:
+            self.error(
+                join_path(path, "shares_with_people"),
+                f"expected true or false, got {describe_value(shares)}",
+            )
+        bank = data.get("bank", "")
+        bank_ok = "bank" not in data or (isinstance(bank, str) and bool(bank.strip()))
+        if not bank_ok:
+            self.error(join_path(path, "bank"), f"expected a bank name, got {describe_value(bank)}")
         if (
             name is None
             or capacity is None
@@ -664,6 +717,9 @@ class _Parser:
             or access is None
             or lobbies is None
             or not initial_ok
+            or not recall_ok
+            or not shares_ok
+            or not bank_ok
         ):
             return None
         return Lift(
@@ -676,7 +732,83 @@ class _Parser:
             expected_wait_s=wait if wait is not None else _DEFAULT_EXPECTED_WAIT_S,
             # Default to the first lobby listed so every Lift names a real starting level.
             initial_level=initial if isinstance(initial, str) else next(iter(lobbies)),
+            shares_with_people=bool(shares),
+            bank=str(bank),
+            recall_level=recall if isinstance(recall, str) else next(iter(lobbies)),
         )
+
+    def served_level(
+        self, data: Mapping[Any, Any], key: str, path: str, lobbies: dict[str, str] | None
+    ) -> bool:
+        """Check an optional level field of a lift names a level the lift serves."""
+        value = data.get(key)
+        if value is None:
+            return True
+        where = join_path(path, key)
+        if not isinstance(value, str):
+            self.error(where, f"expected a level name, got {describe_value(value)}")
+            return False
+        if lobbies is not None and value not in lobbies:
+            served = ", ".join(lobbies)
+            self.error(where, f"level {value!r} is not served by this lift (serves {served})")
+            return False
+        return True
+
+    def check_banks(self, lifts: dict[str, Lift], paths: dict[str, str]) -> None:
+        """The cars of one bank serve the same lobbies, so any of them can take a robot's ride."""
+        first: dict[str, Lift] = {}
+        for lift in lifts.values():
+            if not lift.bank:
+                continue
+            other = first.setdefault(lift.bank, lift)
+            if other is not lift and other.lobbies != lift.lobbies:
+                self.error(
+                    join_path(paths[lift.name], "bank"),
+                    f"lift {lift.name!r} is in bank {lift.bank!r} but does not serve the same "
+                    f"lobbies as {other.name!r} ({paths[other.name]}); cars of a bank share "
+                    "their lobbies",
+                )
+
+    def node_list(
+        self, root: Mapping[Any, Any], key: str, nodes: dict[str, Node]
+    ) -> dict[str, str]:
+        """The node names listed under `key` (absent: none), each with its path."""
+        listed: dict[str, str] = {}
+        for _, path, item in self.items(root, key, ROOT):
+            if not isinstance(item, str) or not item.strip():
+                self.error(path, f"expected a node name, got {describe_value(item)}")
+            elif item in listed:
+                self.error(path, f"node {item!r} is listed twice (first at {listed[item]})")
+            elif self.known("node", item, nodes, path):
+                listed[item] = path
+        return listed
+
+    def check_holding_points(
+        self,
+        holding: dict[str, str],
+        exclusive: dict[str, str],
+        lifts: dict[str, Lift],
+        lift_paths: dict[str, str],
+    ) -> None:
+        """A holding point is where robots wait for each other: it must take more than one."""
+        lobbies = {
+            node: join_path(join_path(lift_paths[lift.name], "lobbies"), level)
+            for lift in lifts.values()
+            for level, node in lift.lobbies.items()
+        }
+        for node, path in holding.items():
+            if node in exclusive:
+                self.error(
+                    path,
+                    f"node {node!r} is exclusive (at {exclusive[node]}); a holding point must "
+                    "not be exclusive",
+                )
+            elif node in lobbies:
+                self.error(
+                    path,
+                    f"node {node!r} is a lift lobby (at {lobbies[node]}), and lobbies are "
+                    "exclusive; a holding point must not be exclusive",
+                )
 
     def lobbies(
         self,

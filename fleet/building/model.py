@@ -38,6 +38,9 @@ class DoorKind(StrEnum):
 
     AUTOMATIC = "AUTOMATIC"  # opens on request, no credential
     ACCESS_CONTROLLED = "ACCESS_CONTROLLED"  # opens when the controller accepts the robot's id
+    # A fire door: held open for robots on request, but it closes on a fire alarm and then no
+    # robot may hold it open (the fire-safety system overrides the door controller).
+    FIRE = "FIRE"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,12 @@ class Door:
 
 @dataclass(frozen=True)
 class Lane:
-    """A drivable connection between two nodes of one level."""
+    """A drivable connection between two nodes of one level.
+
+    An `exclusive` lane takes one robot at a time, in either direction (too narrow to pass). All
+    lanes with the same `zone` form one exclusive resource together (a narrow corridor of several
+    lanes), so a lane with a zone is exclusive whatever `exclusive` says; the loader sets both.
+    """
 
     start: str
     end: str
@@ -61,6 +69,8 @@ class Lane:
     speed_limit_m_s: float | None = None
     access: Access = Access.ANY
     door: str | None = None
+    exclusive: bool = False
+    zone: str | None = None
 
     @property
     def name(self) -> str:
@@ -70,7 +80,12 @@ class Lane:
 
 @dataclass(frozen=True)
 class Lift:
-    """A lift car with the levels it serves and, on each, the lobby node in front of its door."""
+    """A lift car with the levels it serves and, on each, the lobby node in front of its door.
+
+    `shares_with_people` is False for a robot-only car. Cars of one `bank` serve the same lobbies
+    (a robot may take another car of the bank). On a fire recall the car goes to `recall_level`
+    and stays there; "" means the first level served (the loader always fills it in).
+    """
 
     name: str
     lobbies: dict[str, str]  # level name -> lobby node name
@@ -80,11 +95,19 @@ class Lift:
     access: Access = Access.ANY
     expected_wait_s: float = 30.0  # planning estimate of a call's wait, before learning
     initial_level: str = ""
+    shares_with_people: bool = True
+    bank: str = ""
+    recall_level: str = ""
 
     @property
     def levels(self) -> tuple[str, ...]:
         """The levels the car serves."""
         return tuple(self.lobbies)
+
+    @property
+    def fire_recall_level(self) -> str:
+        """The level the car goes to on a fire recall (`recall_level`, else the first served)."""
+        return self.recall_level or self.levels[0]
 
 
 class StationKind(StrEnum):
@@ -116,7 +139,12 @@ class Station:
 
 @dataclass(frozen=True)
 class Building:
-    """A whole validated building map."""
+    """A whole validated building map.
+
+    `exclusive_nodes` take one robot at a time: the map's `exclusive_nodes` plus every lift lobby
+    (one robot in front of a car door). `holding_points` are nodes where a robot may wait or back
+    off to let others pass; none of them is exclusive.
+    """
 
     name: str
     levels: dict[str, Level]
@@ -127,6 +155,15 @@ class Building:
     stations: dict[str, Station]
     source: str = field(default="", compare=False)
     timezone: str = "UTC"  # IANA name; the local time of stations' opening hours
+    exclusive_nodes: frozenset[str] = frozenset()
+    holding_points: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # Lobbies are exclusive by definition, so a Building built by hand (tests, importers)
+        # keeps the rule without every caller having to list them.
+        lobbies = {node for lift in self.lifts.values() for node in lift.lobbies.values()}
+        if not lobbies <= self.exclusive_nodes:
+            object.__setattr__(self, "exclusive_nodes", self.exclusive_nodes | lobbies)
 
     def utc_offset_s(self, t: float) -> float:
         """The building's offset from UTC at absolute time `t`, for `OpeningHours` queries."""

@@ -376,7 +376,7 @@ def test_bad_door_kind() -> None:
     data = small_map()
     data["doors"][0]["kind"] = "revolving"
     assert issues(data) == [
-        f"{SRC}: doors[0].kind: expected automatic or access_controlled, got text 'revolving'"
+        f"{SRC}: doors[0].kind: expected automatic, access_controlled or fire, got text 'revolving'"
     ]
 
 
@@ -491,3 +491,150 @@ def test_reachability_ignores_access() -> None:
     data["lanes"][2]["access"] = "dirty"
     data["lifts"][0]["access"] = "dirty"
     parse_building(data, SRC)  # some robot can make each trip, so the map is fine
+
+
+# --- traffic: exclusive nodes and lanes, zones, holding points, fire doors, lift banks ----------
+
+
+def test_traffic_keys_default_to_nothing_exclusive_but_the_lobbies() -> None:
+    building = parse_building(small_map(), SRC)
+    assert all(not lane.exclusive and lane.zone is None for lane in building.lanes)
+    assert building.exclusive_nodes == {"A", "D"}  # the lift's lobbies
+    assert building.holding_points == frozenset()
+    lift = building.lifts["LIFT"]
+    assert (lift.shares_with_people, lift.bank, lift.recall_level) == (True, "", "L1")
+    assert lift.fire_recall_level == "L1"
+
+
+def test_exclusive_lanes_zones_nodes_and_holding_points_load() -> None:
+    data = small_map()
+    data["levels"][0]["nodes"].update(F=[20, 0], G=[20, 5])
+    data["lanes"][0]["exclusive"] = True
+    data["lanes"][1]["exclusive"] = False
+    data["lanes"] += [
+        {"start": "B", "end": "F", "zone": "NARROW"},
+        {"start": "F", "end": "G", "zone": "NARROW", "exclusive": True},
+    ]
+    data["exclusive_nodes"] = ["C", "A"]  # A is a lobby anyway: harmless
+    data["holding_points"] = ["B", "E"]
+    building = parse_building(data, SRC)
+    flags = [(lane.name, lane.exclusive, lane.zone) for lane in building.lanes]
+    assert flags == [
+        ("A--B", True, None),
+        ("B--C", False, None),
+        ("D--E", False, None),
+        ("B--F", True, "NARROW"),  # a zone implies exclusive
+        ("F--G", True, "NARROW"),
+    ]
+    assert building.exclusive_nodes == {"A", "C", "D"}
+    assert building.holding_points == {"B", "E"}
+
+
+def test_fire_door_kind() -> None:
+    data = small_map()
+    data["doors"][0]["kind"] = "Fire"
+    assert parse_building(data, SRC).doors["D1"].kind is DoorKind.FIRE
+
+
+def test_lift_people_bank_and_recall_level() -> None:
+    data = small_map()
+    data["lifts"][0].update(shares_with_people=False, bank="WEST", recall_level="L2")
+    second = copy.deepcopy(data["lifts"][0])
+    second.update(name="LIFT-2", shares_with_people=True)
+    del second["recall_level"]
+    data["lifts"].append(second)
+    building = parse_building(data, SRC)
+    lift, other = building.lifts["LIFT"], building.lifts["LIFT-2"]
+    assert (lift.shares_with_people, lift.bank, lift.recall_level) == (False, "WEST", "L2")
+    assert (other.shares_with_people, other.bank, other.recall_level) == (True, "WEST", "L1")
+
+
+def test_bad_lane_traffic_keys() -> None:
+    data = small_map()
+    data["lanes"][0]["exclusive"] = "yes please"
+    data["lanes"][1]["zone"] = ""
+    data["lanes"][2].update(zone="Z", exclusive=False)
+    data["lanes"].append({"start": "A", "end": "C", "zoen": "Z"})
+    assert issues(data) == [
+        f"{SRC}: lanes[0].exclusive: expected true or false, got text 'yes please'",
+        f"{SRC}: lanes[1].zone: expected a zone name, got text ''",
+        f"{SRC}: lanes[2].exclusive: a lane in zone 'Z' is exclusive; "
+        "leave out exclusive or make it true",
+        f"{SRC}: lanes[3].zoen: unknown key; did you mean 'zone'?",
+    ]
+
+
+def test_a_zone_on_two_levels() -> None:
+    data = small_map()
+    data["lanes"][0]["zone"] = "Z"
+    data["lanes"][2]["zone"] = "Z"
+    assert issues(data) == [
+        f"{SRC}: lanes[2].zone: zone 'Z' is on level L1 (lanes[0]), this lane on L2; "
+        "a zone is one stretch of corridor on one level"
+    ]
+
+
+def test_bad_exclusive_nodes_and_holding_points() -> None:
+    data = small_map()
+    data["exclusive_nodes"] = ["B", "NOPE", 7, "B"]
+    data["holding_points"] = "C"
+    assert issues(data) == [
+        f"{SRC}: exclusive_nodes[1]: unknown node 'NOPE'",
+        f"{SRC}: exclusive_nodes[2]: expected a node name, got int 7",
+        f"{SRC}: exclusive_nodes[3]: node 'B' is listed twice (first at exclusive_nodes[0])",
+        f"{SRC}: holding_points: expected a list, got text 'C'",
+    ]
+
+
+def test_a_holding_point_must_not_be_exclusive() -> None:
+    data = small_map()
+    data["exclusive_nodes"] = ["C", "B"]
+    data["holding_points"] = ["E", "B", "A"]
+    assert issues(data) == [
+        f"{SRC}: holding_points[1]: node 'B' is exclusive (at exclusive_nodes[1]); "
+        "a holding point must not be exclusive",
+        f"{SRC}: holding_points[2]: node 'A' is a lift lobby (at lifts[0].lobbies.L1), and "
+        "lobbies are exclusive; a holding point must not be exclusive",
+    ]
+
+
+def test_bad_lift_traffic_keys() -> None:
+    data = small_map()
+    data["lifts"][0].update(shares_with_people="no", bank=3, recall_level="L9", sharing=1)
+    assert issues(data) == [
+        f"{SRC}: lifts[0].sharing: unknown key (expected one of: name, lobbies, capacity_robots, "
+        "door_time, speed, access, expected_wait, initial_level, shares_with_people, bank, "
+        "recall_level)",
+        f"{SRC}: lifts[0].recall_level: level 'L9' is not served by this lift (serves L1, L2)",
+        f"{SRC}: lifts[0].shares_with_people: expected true or false, got text 'no'",
+        f"{SRC}: lifts[0].bank: expected a bank name, got int 3",
+    ]
+
+
+def test_cars_of_a_bank_share_their_lobbies() -> None:
+    data = small_map()
+    data["lifts"][0]["bank"] = "WEST"
+    data["lifts"].append(
+        {
+            "name": "LIFT-2",
+            "lobbies": {"L1": "B", "L2": "D"},
+            "capacity_robots": 1,
+            "door_time": 4,
+            "speed": 1.0,
+            "bank": "WEST",
+        }
+    )
+    assert issues(data) == [
+        f"{SRC}: lifts[1].bank: lift 'LIFT-2' is in bank 'WEST' but does not serve the same "
+        "lobbies as 'LIFT' (lifts[0]); cars of a bank share their lobbies"
+    ]
+
+
+def test_unknown_root_key_suggests_the_traffic_keys() -> None:
+    data = small_map()
+    data["exclusive_node"] = ["B"]
+    data["holding_point"] = ["B"]
+    assert issues(data) == [
+        f"{SRC}: exclusive_node: unknown key; did you mean 'exclusive_nodes'?",
+        f"{SRC}: holding_point: unknown key; did you mean 'holding_points'?",
+    ]
