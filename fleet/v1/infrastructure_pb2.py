@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leet/v1/infrastructure.proto\x12\x08\x66leet.v1\"\xa0\x01\n\x15InfrastructureMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.fleet.v1.ControllerHelloH\x00\x12)\n\ndoor_state\x18\x02 \x01(\x0b\x32\x13.fleet.v1.DoorStateH\x00\x12)\n\nlift_state\x18\x03 \x01(\x0b\x32\x13.fleet.v1.LiftStateH\x00\x42\x05\n\x03msg\"L\n\x0f\x43ontrollerHello\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x10\n\x08\x64oor_ids\x18\x02 \x03(\t\x12\x10\n\x08lift_ids\x18\x03 \x03(\t\"R\n\tDoorState\x12\x0f\n\x07\x64oor_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.fleet.v1.DoorMode\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xa6\x01\n\tLiftState\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\x15\n\rcurrent_level\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65stination_level\x18\x03 \x01(\t\x12 \n\x04\x64oor\x18\x04 \x01(\x0e\x32\x12.fleet.v1.LiftDoor\x12 \n\x04mode\x18\x05 \x01(\x0e\x32\x12.fleet.v1.LiftMode\x12\x12\n\nsession_id\x18\x06 \x01(\t\"l\n\x15InfrastructureCommand\x12%\n\x04\x64oor\x18\x01 \x01(\x0b\x32\x15.fleet.v1.DoorRequestH\x00\x12%\n\x04lift\x18\x02 \x01(\x0b\x32\x15.fleet.v1.LiftRequestH\x00\x42\x05\n\x03\x63md\"j\n\x0b\x44oorRequest\x12\x0f\n\x07\x64oor_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x14.fleet.v1.DoorAction\"y\n\x0bLiftRequest\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x14.fleet.v1.LiftAction\x12\r\n\x05level\x18\x05 \x01(\t*\xc0\x01\n\x08\x44oorMode\x12\x19\n\x15\x44OOR_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44OOR_MODE_CLOSED\x10\x01\x12\x15\n\x11\x44OOR_MODE_OPENING\x10\x02\x12\x12\n\x0e\x44OOR_MODE_OPEN\x10\x03\x12\x15\n\x11\x44OOR_MODE_CLOSING\x10\x04\x12\x15\n\x11\x44OOR_MODE_BLOCKED\x10\x05\x12\x13\n\x0f\x44OOR_MODE_FAULT\x10\x06\x12\x15\n\x11\x44OOR_MODE_OFFLINE\x10\x07*e\n\x08LiftDoor\x12\x19\n\x15LIFT_DOOR_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_DOOR_CLOSED\x10\x01\x12\x12\n\x0eLIFT_DOOR_OPEN\x10\x02\x12\x14\n\x10LIFT_DOOR_MOVING\x10\x03*\xaa\x01\n\x08LiftMode\x12\x19\n\x15LIFT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_MODE_NORMAL\x10\x01\x12\x1d\n\x19LIFT_MODE_ROBOT_EXCLUSIVE\x10\x02\x12\x1c\n\x18LIFT_MODE_OUT_OF_SERVICE\x10\x03\x12\x19\n\x15LIFT_MODE_FIRE_RECALL\x10\x04\x12\x15\n\x11LIFT_MODE_OFFLINE\x10\x05*V\n\nDoorAction\x12\x1b\n\x17\x44OOR_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44OOR_ACTION_OPEN\x10\x01\x12\x15\n\x11\x44OOR_ACTION_CLOSE\x10\x02*o\n\nLiftAction\x12\x1b\n\x17LIFT_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_ACTION_CALL\x10\x01\x12\x15\n\x11LIFT_ACTION_GO_TO\x10\x02\x12\x17\n\x13LIFT_ACTION_RELEASE\x10\x03\x32h\n\x15InfrastructureGateway\x12O\n\x07\x43onnect\x12\x1f.fleet.v1.InfrastructureMessage\x1a\x1f.fleet.v1.InfrastructureCommand(\x01\x30\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leet/v1/infrastructure.proto\x12\x08\x66leet.v1\"\xf0\x01\n\x15InfrastructureMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.fleet.v1.ControllerHelloH\x00\x12)\n\ndoor_state\x18\x02 \x01(\x0b\x32\x13.fleet.v1.DoorStateH\x00\x12)\n\nlift_state\x18\x03 \x01(\x0b\x32\x13.fleet.v1.LiftStateH\x00\x12)\n\nfire_alarm\x18\x04 \x01(\x0b\x32\x13.fleet.v1.FireAlarmH\x00\x12#\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x14.fleet.v1.RequestAckH\x00\x42\x05\n\x03msg\"+\n\tFireAlarm\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"U\n\nRequestAck\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\x0f\x43ontrollerHello\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x10\n\x08\x64oor_ids\x18\x02 \x03(\t\x12\x10\n\x08lift_ids\x18\x03 \x03(\t\"h\n\tDoorState\x12\x0f\n\x07\x64oor_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.fleet.v1.DoorMode\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x14\n\x0c\x66\x61ult_detail\x18\x04 \x01(\t\"\xd7\x01\n\tLiftState\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\x15\n\rcurrent_level\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65stination_level\x18\x03 \x01(\t\x12 \n\x04\x64oor\x18\x04 \x01(\x0e\x32\x12.fleet.v1.LiftDoor\x12 \n\x04mode\x18\x05 \x01(\x0e\x32\x12.fleet.v1.LiftMode\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x14\n\x0c\x66\x61ult_detail\x18\x07 \x01(\t\x12\x19\n\x11lease_remaining_s\x18\x08 \x01(\x01\"l\n\x15InfrastructureCommand\x12%\n\x04\x64oor\x18\x01 \x01(\x0b\x32\x15.fleet.v1.DoorRequestH\x00\x12%\n\x04lift\x18\x02 \x01(\x0b\x32\x15.fleet.v1.LiftRequestH\x00\x42\x05\n\x03\x63md\"j\n\x0b\x44oorRequest\x12\x0f\n\x07\x64oor_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x14.fleet.v1.DoorAction\"\x8a\x01\n\x0bLiftRequest\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x14.fleet.v1.LiftAction\x12\r\n\x05level\x18\x05 \x01(\t\x12\x0f\n\x07lease_s\x18\x06 \x01(\x01*\xc0\x01\n\x08\x44oorMode\x12\x19\n\x15\x44OOR_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44OOR_MODE_CLOSED\x10\x01\x12\x15\n\x11\x44OOR_MODE_OPENING\x10\x02\x12\x12\n\x0e\x44OOR_MODE_OPEN\x10\x03\x12\x15\n\x11\x44OOR_MODE_CLOSING\x10\x04\x12\x15\n\x11\x44OOR_MODE_BLOCKED\x10\x05\x12\x13\n\x0f\x44OOR_MODE_FAULT\x10\x06\x12\x15\n\x11\x44OOR_MODE_OFFLINE\x10\x07*e\n\x08LiftDoor\x12\x19\n\x15LIFT_DOOR_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_DOOR_CLOSED\x10\x01\x12\x12\n\x0eLIFT_DOOR_OPEN\x10\x02\x12\x14\n\x10LIFT_DOOR_MOVING\x10\x03*\xaa\x01\n\x08LiftMode\x12\x19\n\x15LIFT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_MODE_NORMAL\x10\x01\x12\x1d\n\x19LIFT_MODE_ROBOT_EXCLUSIVE\x10\x02\x12\x1c\n\x18LIFT_MODE_OUT_OF_SERVICE\x10\x03\x12\x19\n\x15LIFT_MODE_FIRE_RECALL\x10\x04\x12\x15\n\x11LIFT_MODE_OFFLINE\x10\x05*V\n\nDoorAction\x12\x1b\n\x17\x44OOR_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44OOR_ACTION_OPEN\x10\x01\x12\x15\n\x11\x44OOR_ACTION_CLOSE\x10\x02*\x86\x01\n\nLiftAction\x12\x1b\n\x17LIFT_ACTION_UNSPECIFIED\x10\x00\x12\x14\n\x10LIFT_ACTION_CALL\x10\x01\x12\x15\n\x11LIFT_ACTION_GO_TO\x10\x02\x12\x17\n\x13LIFT_ACTION_RELEASE\x10\x03\x12\x15\n\x11LIFT_ACTION_RENEW\x10\x04\x32h\n\x15InfrastructureGateway\x12O\n\x07\x43onnect\x12\x1f.fleet.v1.InfrastructureMessage\x1a\x1f.fleet.v1.InfrastructureCommand(\x01\x30\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleet.v1.infrastructure_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024org.hospitalfleet.v1P\001Z\"hospitalfleet/gen/fleet/v1;fleetv1'
-  _globals['_DOORMODE']._serialized_start=879
-  _globals['_DOORMODE']._serialized_end=1071
-  _globals['_LIFTDOOR']._serialized_start=1073
-  _globals['_LIFTDOOR']._serialized_end=1174
-  _globals['_LIFTMODE']._serialized_start=1177
-  _globals['_LIFTMODE']._serialized_end=1347
-  _globals['_DOORACTION']._serialized_start=1349
-  _globals['_DOORACTION']._serialized_end=1435
-  _globals['_LIFTACTION']._serialized_start=1437
-  _globals['_LIFTACTION']._serialized_end=1548
+  _globals['_DOORMODE']._serialized_start=1180
+  _globals['_DOORMODE']._serialized_end=1372
+  _globals['_LIFTDOOR']._serialized_start=1374
+  _globals['_LIFTDOOR']._serialized_end=1475
+  _globals['_LIFTMODE']._serialized_start=1478
+  _globals['_LIFTMODE']._serialized_end=1648
+  _globals['_DOORACTION']._serialized_start=1650
+  _globals['_DOORACTION']._serialized_end=1736
+  _globals['_LIFTACTION']._serialized_start=1739
+  _globals['_LIFTACTION']._serialized_end=1873
   _globals['_INFRASTRUCTUREMESSAGE']._serialized_start=44
-  _globals['_INFRASTRUCTUREMESSAGE']._serialized_end=204
-  _globals['_CONTROLLERHELLO']._serialized_start=206
-  _globals['_CONTROLLERHELLO']._serialized_end=282
-  _globals['_DOORSTATE']._serialized_start=284
-  _globals['_DOORSTATE']._serialized_end=366
-  _globals['_LIFTSTATE']._serialized_start=369
-  _globals['_LIFTSTATE']._serialized_end=535
-  _globals['_INFRASTRUCTURECOMMAND']._serialized_start=537
-  _globals['_INFRASTRUCTURECOMMAND']._serialized_end=645
-  _globals['_DOORREQUEST']._serialized_start=647
-  _globals['_DOORREQUEST']._serialized_end=753
-  _globals['_LIFTREQUEST']._serialized_start=755
-  _globals['_LIFTREQUEST']._serialized_end=876
-  _globals['_INFRASTRUCTUREGATEWAY']._serialized_start=1550
-  _globals['_INFRASTRUCTUREGATEWAY']._serialized_end=1654
+  _globals['_INFRASTRUCTUREMESSAGE']._serialized_end=284
+  _globals['_FIREALARM']._serialized_start=286
+  _globals['_FIREALARM']._serialized_end=329
+  _globals['_REQUESTACK']._serialized_start=331
+  _globals['_REQUESTACK']._serialized_end=416
+  _globals['_CONTROLLERHELLO']._serialized_start=418
+  _globals['_CONTROLLERHELLO']._serialized_end=494
+  _globals['_DOORSTATE']._serialized_start=496
+  _globals['_DOORSTATE']._serialized_end=600
+  _globals['_LIFTSTATE']._serialized_start=603
+  _globals['_LIFTSTATE']._serialized_end=818
+  _globals['_INFRASTRUCTURECOMMAND']._serialized_start=820
+  _globals['_INFRASTRUCTURECOMMAND']._serialized_end=928
+  _globals['_DOORREQUEST']._serialized_start=930
+  _globals['_DOORREQUEST']._serialized_end=1036
+  _globals['_LIFTREQUEST']._serialized_start=1039
+  _globals['_LIFTREQUEST']._serialized_end=1177
+  _globals['_INFRASTRUCTUREGATEWAY']._serialized_start=1875
+  _globals['_INFRASTRUCTUREGATEWAY']._serialized_end=1979
 # @@protoc_insertion_point(module_scope)

@@ -36,11 +36,11 @@ class _DoorModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DoorMode.Val
     DOOR_MODE_CLOSING: _DoorMode.ValueType  # 4
     """Closing."""
     DOOR_MODE_BLOCKED: _DoorMode.ValueType  # 5
-    """Something is in the way."""
+    """Something is in the way; the door refuses to open until it is cleared."""
     DOOR_MODE_FAULT: _DoorMode.ValueType  # 6
-    """The controller reports a fault."""
+    """The controller reports a fault; the door refuses to open until it is cleared."""
     DOOR_MODE_OFFLINE: _DoorMode.ValueType  # 7
-    """No contact with the door."""
+    """No contact with the door; it refuses to open until contact is back."""
 
 class DoorMode(_DoorMode, metaclass=_DoorModeEnumTypeWrapper):
     """The physical state of a door."""
@@ -56,11 +56,11 @@ DOOR_MODE_OPEN: DoorMode.ValueType  # 3
 DOOR_MODE_CLOSING: DoorMode.ValueType  # 4
 """Closing."""
 DOOR_MODE_BLOCKED: DoorMode.ValueType  # 5
-"""Something is in the way."""
+"""Something is in the way; the door refuses to open until it is cleared."""
 DOOR_MODE_FAULT: DoorMode.ValueType  # 6
-"""The controller reports a fault."""
+"""The controller reports a fault; the door refuses to open until it is cleared."""
 DOOR_MODE_OFFLINE: DoorMode.ValueType  # 7
-"""No contact with the door."""
+"""No contact with the door; it refuses to open until contact is back."""
 Global___DoorMode: _TypeAlias = DoorMode  # noqa: Y015
 
 class _LiftDoor:
@@ -104,11 +104,19 @@ class _LiftModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LiftMode.Val
     LIFT_MODE_ROBOT_EXCLUSIVE: _LiftMode.ValueType  # 2
     """Reserved for robots."""
     LIFT_MODE_OUT_OF_SERVICE: _LiftMode.ValueType  # 3
-    """Taken out of service."""
+    """Taken out of service: the car accepts no new session. A session whose robot is already
+    inside may finish its ride and the exit; any other session is ended (refused ack).
+    """
     LIFT_MODE_FIRE_RECALL: _LiftMode.ValueType  # 4
-    """Fire or emergency recall: no robot may enter."""
+    """Fire or emergency recall: no robot may enter. Waiting calls and sessions without a robot
+    inside are ended (refused acks); the car closes its door, travels to the recall level
+    without stopping and stands there with its door open. A robot inside may leave there: the
+    state then shows the recall level, the door OPEN and that robot's session.
+    """
     LIFT_MODE_OFFLINE: _LiftMode.ValueType  # 5
-    """No contact with the car."""
+    """No contact with the car: reported once, then the car is not reported (and its requests
+    are not served) until contact is back.
+    """
 
 class LiftMode(_LiftMode, metaclass=_LiftModeEnumTypeWrapper):
     """How a lift car is being run."""
@@ -120,11 +128,19 @@ LIFT_MODE_NORMAL: LiftMode.ValueType  # 1
 LIFT_MODE_ROBOT_EXCLUSIVE: LiftMode.ValueType  # 2
 """Reserved for robots."""
 LIFT_MODE_OUT_OF_SERVICE: LiftMode.ValueType  # 3
-"""Taken out of service."""
+"""Taken out of service: the car accepts no new session. A session whose robot is already
+inside may finish its ride and the exit; any other session is ended (refused ack).
+"""
 LIFT_MODE_FIRE_RECALL: LiftMode.ValueType  # 4
-"""Fire or emergency recall: no robot may enter."""
+"""Fire or emergency recall: no robot may enter. Waiting calls and sessions without a robot
+inside are ended (refused acks); the car closes its door, travels to the recall level
+without stopping and stands there with its door open. A robot inside may leave there: the
+state then shows the recall level, the door OPEN and that robot's session.
+"""
 LIFT_MODE_OFFLINE: LiftMode.ValueType  # 5
-"""No contact with the car."""
+"""No contact with the car: reported once, then the car is not reported (and its requests
+are not served) until contact is back.
+"""
 Global___LiftMode: _TypeAlias = LiftMode  # noqa: Y015
 
 class _DoorAction:
@@ -165,6 +181,10 @@ class _LiftActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LiftAction
     """Close the door, travel to `level`, open the door."""
     LIFT_ACTION_RELEASE: _LiftAction.ValueType  # 3
     """The session is over; close the door and return the car to normal service."""
+    LIFT_ACTION_RENEW: _LiftAction.ValueType  # 4
+    """Extend the session's lease by `lease_s` from now; changes nothing else (the dispatcher
+    sends it while a session waits or rides, so the car stays reserved).
+    """
 
 class LiftAction(_LiftAction, metaclass=_LiftActionEnumTypeWrapper):
     """What to do with a lift car."""
@@ -177,6 +197,10 @@ LIFT_ACTION_GO_TO: LiftAction.ValueType  # 2
 """Close the door, travel to `level`, open the door."""
 LIFT_ACTION_RELEASE: LiftAction.ValueType  # 3
 """The session is over; close the door and return the car to normal service."""
+LIFT_ACTION_RENEW: LiftAction.ValueType  # 4
+"""Extend the session's lease by `lease_s` from now; changes nothing else (the dispatcher
+sends it while a session waits or rides, so the car stays reserved).
+"""
 Global___LiftAction: _TypeAlias = LiftAction  # noqa: Y015
 
 @_typing.final
@@ -188,6 +212,8 @@ class InfrastructureMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     DOOR_STATE_FIELD_NUMBER: _builtins.int
     LIFT_STATE_FIELD_NUMBER: _builtins.int
+    FIRE_ALARM_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___ControllerHello:
         """First message of every stream."""
@@ -200,22 +226,101 @@ class InfrastructureMessage(_message.Message):
     def lift_state(self) -> Global___LiftState:
         """A lift car's state."""
 
+    @_builtins.property
+    def fire_alarm(self) -> Global___FireAlarm:
+        """The building's fire alarm went on or off (any controller that sees the alarm relays it)."""
+
+    @_builtins.property
+    def ack(self) -> Global___RequestAck:
+        """The answer to a door or lift request."""
+
     def __init__(
         self,
         *,
         hello: Global___ControllerHello | None = ...,
         door_state: Global___DoorState | None = ...,
         lift_state: Global___LiftState | None = ...,
+        fire_alarm: Global___FireAlarm | None = ...,
+        ack: Global___RequestAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["door_state", b"door_state", "hello", b"hello", "lift_state", b"lift_state", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "door_state", b"door_state", "fire_alarm", b"fire_alarm", "hello", b"hello", "lift_state", b"lift_state", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["door_state", b"door_state", "hello", b"hello", "lift_state", b"lift_state", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "door_state", b"door_state", "fire_alarm", b"fire_alarm", "hello", b"hello", "lift_state", b"lift_state", "msg", b"msg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "door_state", "lift_state"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "door_state", "lift_state", "fire_alarm", "ack"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___InfrastructureMessage: _TypeAlias = InfrastructureMessage  # noqa: Y015
+
+@_typing.final
+class FireAlarm(_message.Message):
+    """The building's fire alarm. While it is active the controllers close every fire door (and
+    refuse to open one) and recall every lift car (see LIFT_MODE_FIRE_RECALL); the dispatcher
+    stops sending robots through fire doors and into lifts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """True when the alarm went on, false when it was cleared."""
+    detail: _builtins.str
+    """What the fire panel says (zone, detector), for the operators; may be empty."""
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "detail", b"detail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FireAlarm: _TypeAlias = FireAlarm  # noqa: Y015
+
+@_typing.final
+class RequestAck(_message.Message):
+    """A controller's answer to a door or lift request (see the session rules on
+    InfrastructureGateway).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Door or lift id the request named. Required; must be a device of this controller."""
+    session_id: _builtins.str
+    """Session id the request named. Required."""
+    accepted: _builtins.bool
+    """True: the controller took the session on. False: refused, or the session was ended by
+    the controller; `reason` says why.
+    """
+    reason: _builtins.str
+    """Why the request was refused or the session ended, e.g. "out of service", "lease expired",
+    "fire alarm", "access denied"; empty when accepted.
+    """
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        accepted: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "device_id", b"device_id", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAck: _TypeAlias = RequestAck  # noqa: Y015
 
 @_typing.final
 class ControllerHello(_message.Message):
@@ -260,22 +365,28 @@ class DoorState(_message.Message):
     DOOR_ID_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    FAULT_DETAIL_FIELD_NUMBER: _builtins.int
     door_id: _builtins.str
     """Door id from the map."""
     mode: Global___DoorMode.ValueType
     """Physical state."""
     session_id: _builtins.str
     """Session the door is held open for; empty when none."""
+    fault_detail: _builtins.str
+    """For BLOCKED, FAULT and OFFLINE: what is wrong, in the controller's words, for the
+    operators (e.g. "obstruction sensor", "motor overcurrent"); empty otherwise.
+    """
     def __init__(
         self,
         *,
         door_id: _builtins.str = ...,
         mode: Global___DoorMode.ValueType = ...,
         session_id: _builtins.str = ...,
+        fault_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["door_id", b"door_id", "mode", b"mode", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["door_id", b"door_id", "fault_detail", b"fault_detail", "mode", b"mode", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,6 +404,8 @@ class LiftState(_message.Message):
     DOOR_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    FAULT_DETAIL_FIELD_NUMBER: _builtins.int
+    LEASE_REMAINING_S_FIELD_NUMBER: _builtins.int
     lift_id: _builtins.str
     """Lift id from the map."""
     current_level: _builtins.str
@@ -305,6 +418,14 @@ class LiftState(_message.Message):
     """How the car is being run."""
     session_id: _builtins.str
     """Session the car is serving; empty when none."""
+    fault_detail: _builtins.str
+    """For OUT_OF_SERVICE, FIRE_RECALL and OFFLINE: why, in the controller's words, for the
+    operators (e.g. "maintenance", "fire alarm zone 3"); empty otherwise.
+    """
+    lease_remaining_s: _builtins.float
+    """Seconds left on the lease of the session the car is serving when this state was made;
+    0 when there is no session or it has no lease.
+    """
     def __init__(
         self,
         *,
@@ -314,10 +435,12 @@ class LiftState(_message.Message):
         door: Global___LiftDoor.ValueType = ...,
         mode: Global___LiftMode.ValueType = ...,
         session_id: _builtins.str = ...,
+        fault_detail: _builtins.str = ...,
+        lease_remaining_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_level", b"current_level", "destination_level", b"destination_level", "door", b"door", "lift_id", b"lift_id", "mode", b"mode", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_level", b"current_level", "destination_level", b"destination_level", "door", b"door", "fault_detail", b"fault_detail", "lease_remaining_s", b"lease_remaining_s", "lift_id", b"lift_id", "mode", b"mode", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,16 +523,24 @@ class LiftRequest(_message.Message):
     ROBOT_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     LEVEL_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
     lift_id: _builtins.str
     """Lift id from the map."""
     session_id: _builtins.str
-    """Identifies the robot's use of the car; repeated requests with the same id change nothing."""
+    """Identifies the robot's use of the car; a request repeated with the same id changes
+    nothing but the lease.
+    """
     robot_id: _builtins.str
     """Robot the session is for."""
     action: Global___LiftAction.ValueType
     """Call, go to, release."""
     level: _builtins.str
     """Target level for CALL and GO_TO."""
+    lease_s: _builtins.float
+    """Lease in seconds, set anew from now by every request of the session: the controller frees
+    the car (refused ack "lease expired") when the session sends no request within that
+    many seconds. 0: no lease, the session lasts until RELEASE.
+    """
     def __init__(
         self,
         *,
@@ -418,10 +549,11 @@ class LiftRequest(_message.Message):
         robot_id: _builtins.str = ...,
         action: Global___LiftAction.ValueType = ...,
         level: _builtins.str = ...,
+        lease_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "level", b"level", "lift_id", b"lift_id", "robot_id", b"robot_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "lease_s", b"lease_s", "level", b"level", "lift_id", b"lift_id", "robot_id", b"robot_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,27 @@ if _version_not_supported:
 class InfrastructureGatewayStub:
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+    repeats requests after a reconnect or a lost answer) changes nothing, except that it
+    renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+    the session sends no request (any action, RENEW included) within that many seconds, and
+    never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+    may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+    once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+    assigned to it; a call waiting behind another session is answered when its turn comes),
+    refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+    session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+    RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+    seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+    has lost contact with is reported once with mode OFFLINE, then no longer reported until
+    contact is back.
     """
 
     def __init__(self, channel):
@@ -46,11 +67,33 @@ class InfrastructureGatewayStub:
 class InfrastructureGatewayServicer:
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+    repeats requests after a reconnect or a lost answer) changes nothing, except that it
+    renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+    the session sends no request (any action, RENEW included) within that many seconds, and
+    never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+    may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+    once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+    assigned to it; a call waiting behind another session is answered when its turn comes),
+    refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+    session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+    RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+    seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+    has lost contact with is reported once with mode OFFLINE, then no longer reported until
+    contact is back.
     """
 
     def Connect(self, request_iterator, context):
         """The controller sends ControllerHello first, then the state of each device whenever it
-        changes (and at least every few seconds); the dispatcher sends door and lift requests.
+        changes (and at least every few seconds), acks to requests and the building's fire
+        alarm; the dispatcher sends door and lift requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +118,27 @@ def add_InfrastructureGatewayServicer_to_server(servicer, server):
 class InfrastructureGateway:
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+    repeats requests after a reconnect or a lost answer) changes nothing, except that it
+    renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+    the session sends no request (any action, RENEW included) within that many seconds, and
+    never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+    may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+    once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+    assigned to it; a call waiting behind another session is answered when its turn comes),
+    refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+    session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+    RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+    seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+    has lost contact with is reported once with mode OFFLINE, then no longer reported until
+    contact is back.
     """
 
     @staticmethod

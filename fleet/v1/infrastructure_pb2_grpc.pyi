@@ -29,6 +29,27 @@ GRPC_VERSION: str
 class InfrastructureGatewayStub:
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+      repeats requests after a reconnect or a lost answer) changes nothing, except that it
+      renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+      the session sends no request (any action, RENEW included) within that many seconds, and
+      never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+      may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+      once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+      assigned to it; a call waiting behind another session is answered when its turn comes),
+      refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+      session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+      RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+      seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+      has lost contact with is reported once with mode OFFLINE, then no longer reported until
+      contact is back.
     """
 
     @_typing.overload
@@ -37,24 +58,68 @@ class InfrastructureGatewayStub:
     def __new__(cls, channel: _aio.Channel) -> InfrastructureGatewayAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_infrastructure_pb2.InfrastructureMessage, _infrastructure_pb2.InfrastructureCommand]
     """The controller sends ControllerHello first, then the state of each device whenever it
-    changes (and at least every few seconds); the dispatcher sends door and lift requests.
+    changes (and at least every few seconds), acks to requests and the building's fire
+    alarm; the dispatcher sends door and lift requests.
     """
 
 @_typing.type_check_only
 class InfrastructureGatewayAsyncStub(InfrastructureGatewayStub):
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+      repeats requests after a reconnect or a lost answer) changes nothing, except that it
+      renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+      the session sends no request (any action, RENEW included) within that many seconds, and
+      never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+      may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+      once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+      assigned to it; a call waiting behind another session is answered when its turn comes),
+      refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+      session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+      RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+      seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+      has lost contact with is reported once with mode OFFLINE, then no longer reported until
+      contact is back.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_infrastructure_pb2.InfrastructureMessage, _infrastructure_pb2.InfrastructureCommand]  # type: ignore[assignment]
     """The controller sends ControllerHello first, then the state of each device whenever it
-    changes (and at least every few seconds); the dispatcher sends door and lift requests.
+    changes (and at least every few seconds), acks to requests and the building's fire
+    alarm; the dispatcher sends door and lift requests.
     """
 
 class InfrastructureGatewayServicer(metaclass=_abc_1.ABCMeta):
     """One long-lived bidirectional stream per controller (a controller may run several doors
     and lifts).
+
+    Sessions and leases. Every door and lift request names a session: one robot's use of one
+    device (a door passage, a lift ride). The rules a controller follows:
+
+    - Requests are idempotent. A request repeated with the same session id (the dispatcher
+      repeats requests after a reconnect or a lost answer) changes nothing, except that it
+      renews the session's lease.
+    - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
+      the session sends no request (any action, RENEW included) within that many seconds, and
+      never lets a car serve a session whose lease has expired: the dispatcher (or its link)
+      may be gone, and a car must not stand reserved for nobody.
+    - The controller answers each request that would start a session (door OPEN, lift CALL)
+      once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
+      assigned to it; a call waiting behind another session is answered when its turn comes),
+      refused with the reason otherwise. It also sends a refused RequestAck when it ends a
+      session on its own (lease expired, fault, fire alarm, out of service), and for a GO_TO or
+      RENEW of a session that does not hold the car.
+    - The controller reports each device's state whenever it changes and at least every few
+      seconds, so the dispatcher can tell a silent controller from a quiet one. A device it
+      has lost contact with is reported once with mode OFFLINE, then no longer reported until
+      contact is back.
     """
 
     @_abc_1.abstractmethod
@@ -64,7 +129,8 @@ class InfrastructureGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_infrastructure_pb2.InfrastructureCommand], _abc.AsyncIterator[_infrastructure_pb2.InfrastructureCommand]]:
         """The controller sends ControllerHello first, then the state of each device whenever it
-        changes (and at least every few seconds); the dispatcher sends door and lift requests.
+        changes (and at least every few seconds), acks to requests and the building's fire
+        alarm; the dispatcher sends door and lift requests.
         """
 
 def add_InfrastructureGatewayServicer_to_server(servicer: InfrastructureGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
