@@ -10,13 +10,18 @@ The wait for a car starts as the map's `expected_wait` of each lift. The dispatc
 it with the waits it has observed (`BuildingGraph.set_lift_waits`, fed by
 `fleet.traffic.lift_waits.LiftWaitEstimator`); every other part of a ride's time stays as the map
 gives it.
+
+Lanes, doors, lifts and nodes can be closed (`BuildingGraph.set_closed`: a blocked corridor, a
+door out of order or shut by a fire alarm, a car out of service, a spill on a spot). Routes and
+travel times then go round them, or are `NoRoute` / `math.inf` when there is no way round.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -128,26 +133,55 @@ class _LiftOption:
 
 
 _Option = _LaneOption | _LiftOption
+
+
+@dataclass(frozen=True)
+class Closures:
+    """What is closed to robots now (`BuildingGraph.closed`).
+
+    `lanes` by `Lane.name` (`A--B`, `A->B`), closed both ways; a closed door closes every lane
+    through it; a closed lift has no rides; a closed node cannot be entered (a robot on it can
+    still leave).
+    """
+
+    lanes: frozenset[str] = frozenset()
+    doors: frozenset[str] = frozenset()
+    lifts: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.lanes or self.doors or self.lifts or self.nodes)
+
+
+NO_CLOSURES = Closures()
 _OPTIONS = "options"  # edge attribute: every lane or lift joining the pair in that direction
 
 # A shortest-path tree from one source: travel time and node path to every reachable node.
 _Tree = tuple[dict[str, float], dict[str, list[str]]]
 
 
+def _reversed_lane(name: str) -> str:
+    """`B--A` for `A--B`: a two-way lane is named in the map's order, easy to get backwards."""
+    start, sep, end = name.partition("--")
+    return f"{end}--{start}" if sep else name
+
+
 class BuildingGraph:
     """Routes and travel times over a building, per flow and robot speed.
 
     Single-source shortest-path trees are cached per (source, flow, speed). The building is
-    immutable; the only thing that changes travel times is `set_lift_waits`, which rebuilds the
-    graphs and empties the cache, and bumps `version` so callers holding travel times of their
-    own (a planner's matrix) can tell they are stale.
+    immutable; what changes travel times is `set_lift_waits` and `set_closed`, which rebuild the
+    graphs, empty the cache and bump `version` so callers holding travel times of their own (a
+    planner's matrix) can tell they are stale.
     """
 
     def __init__(self, building: Building, lift_waits: Mapping[str, float] | None = None) -> None:
         self.building = building
         self._waits: dict[str, float] = self._checked_waits(lift_waits or {})
+        self._closed = NO_CLOSURES
+        self._lanes_by_name = {lane.name: lane for lane in building.lanes}
         self.version = 0
-        """Incremented whenever travel times change (by `set_lift_waits`)."""
+        """Incremented whenever travel times change (by `set_lift_waits` or `set_closed`)."""
         # One graph per flow: a flow's graph holds only what its access admits.
         self._graphs: dict[Flow, nx.DiGraph] = {flow: self._build(flow) for flow in Flow}
         self._trees: dict[tuple[str, Flow, float], _Tree] = {}
@@ -171,10 +205,60 @@ class BuildingGraph:
         if new == self._waits:
             return False
         self._waits = new
+        self._rebuild()
+        return True
+
+    @property
+    def closed(self) -> Closures:
+        """What is closed now (`set_closed`)."""
+        return self._closed
+
+    def set_closed(
+        self,
+        *,
+        lanes: Iterable[str] = (),
+        doors: Iterable[str] = (),
+        lifts: Iterable[str] = (),
+        nodes: Iterable[str] = (),
+    ) -> bool:
+        """Close these lanes (by `Lane.name`), doors, lifts and nodes; open everything else.
+
+        Replaces the previous closures as a whole, like `set_lift_waits`: `set_closed()` opens
+        everything. A closed lane is closed both ways; a closed door closes every lane through
+        it; a closed lift has no rides; a closed node has no edges into it, so routes avoid it
+        but a robot standing on it can still leave. Returns True when travel times changed
+        (graphs rebuilt, caches emptied, `version` bumped); False when these are the closures
+        in force. Raises ValueError naming an unknown lane, door, lift or node, changing nothing.
+        """
+        new = Closures(
+            lanes=self._known("lane", lanes, self._lanes_by_name),
+            doors=self._known("door", doors, self.building.doors),
+            lifts=self._known("lift", lifts, self.building.lifts),
+            nodes=self._known("node", nodes, self.building.nodes),
+        )
+        if new == self._closed:
+            return False
+        self._closed = new
+        self._rebuild()
+        return True
+
+    @staticmethod
+    def _known(what: str, names: Iterable[str], table: Mapping[str, object]) -> frozenset[str]:
+        chosen = frozenset(names) if not isinstance(names, str) else frozenset((names,))
+        for name in sorted(chosen):
+            if name not in table:
+                if what == "lane" and _reversed_lane(name) in table:
+                    close = [_reversed_lane(name)]
+                else:
+                    close = difflib.get_close_matches(name, list(table), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown {what} {name!r}{hint}")
+        return chosen
+
+    def _rebuild(self) -> None:
         self._graphs = {flow: self._build(flow) for flow in Flow}
         self._trees.clear()
         self.version += 1
-        return True
 
     def _checked_waits(self, waits: Mapping[str, float]) -> dict[str, float]:
         lifts = self.building.lifts
@@ -187,10 +271,13 @@ class BuildingGraph:
 
     def _build(self, flow: Flow) -> nx.DiGraph:
         building = self.building
+        closed = self._closed
         graph = nx.DiGraph()
         graph.add_nodes_from(building.nodes)
 
         def add(u: str, v: str, option: _Option) -> None:
+            if v in closed.nodes:
+                return  # nothing may enter a closed node; leaving it stays possible
             # Parallel lanes or lifts (e.g. two cars sharing lobbies) share one edge holding all
             # options; the weight is the best of them at the robot's speed.
             if graph.has_edge(u, v):
@@ -199,14 +286,16 @@ class BuildingGraph:
                 graph.add_edge(u, v, **{_OPTIONS: [option]})
 
         for lane in building.lanes:
-            if not lane.access.admits(flow):
+            if not lane.access.admits(flow) or lane.name in closed.lanes:
+                continue
+            if lane.door is not None and lane.door in closed.doors:
                 continue
             door_s = building.doors[lane.door].open_time_s if lane.door is not None else 0.0
             add(lane.start, lane.end, _LaneOption(lane.start, lane.end, lane, door_s))
             if lane.bidirectional:
                 add(lane.end, lane.start, _LaneOption(lane.end, lane.start, lane, door_s))
         for lift in building.lifts.values():
-            if not lift.access.admits(flow):
+            if not lift.access.admits(flow) or lift.name in closed.lifts:
                 continue
             for from_level, start in lift.lobbies.items():
                 for to_level, end in lift.lobbies.items():

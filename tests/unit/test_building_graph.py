@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fleet.building.graph import (
     LIFT_TRANSFER_S,
     BuildingGraph,
+    Closures,
     LaneLeg,
     LiftLeg,
     NoRoute,
@@ -366,3 +367,129 @@ def test_stations_are_reached_through_their_node() -> None:
     )
     graph = BuildingGraph(b)
     assert graph.travel_time("A", b.station_node("S"), Flow.CLEAN, 1.0) == 5.0
+
+
+# --- closures ----------------------------------------------------------------------------------
+
+
+def ring() -> Building:
+    """A-B-C-D-A on one level; A-B through door D1; the way round by D is longer."""
+    return building(
+        {"A": ("L1", 0, 0), "B": ("L1", 10, 0), "C": ("L1", 10, 10), "D": ("L1", 0, 10)},
+        [
+            Lane("A", "B", 10.0, door="D1"),
+            Lane("B", "C", 10.0),
+            Lane("C", "D", 10.0),
+            Lane("D", "A", 15.0),
+            Lane("C", "A", 30.0, bidirectional=False),
+        ],
+        doors=[Door("D1", DoorKind.AUTOMATIC, open_time_s=2.0, close_time_s=2.0)],
+    )
+
+
+def test_nothing_is_closed_at_first() -> None:
+    graph = BuildingGraph(ring())
+    assert graph.closed == Closures() and not graph.closed
+    assert graph.set_closed() is False
+    assert graph.version == 0
+
+
+def test_a_closed_lane_is_closed_both_ways_and_reopens() -> None:
+    graph = BuildingGraph(ring())
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == 12.0
+    assert graph.set_closed(lanes=["A--B"]) is True
+    assert graph.version == 1
+    assert graph.closed == Closures(lanes=frozenset({"A--B"}))
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == 15.0 + 10.0 + 10.0  # by D and C
+    assert graph.travel_time("B", "A", Flow.CLEAN, 1.0) == 10.0 + 10.0 + 15.0  # by C and D
+    assert "D1" not in doors_of(graph.route("B", "A", Flow.CLEAN, 1.0))
+    assert graph.set_closed(lanes=["A--B"]) is False  # the same closures: nothing changes
+    assert graph.version == 1
+    assert graph.set_closed() is True
+    assert graph.version == 2
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == 12.0
+
+
+def test_a_one_way_lane_is_closed_by_its_name() -> None:
+    graph = BuildingGraph(ring())
+    graph.set_closed(lanes=["C->A", "D--A"])
+    assert graph.travel_time("C", "A", Flow.DIRTY, 1.0) == 10.0 + 12.0  # by B and the door
+    graph.set_closed(lanes=["C->A", "D--A", "B--C"])
+    assert graph.travel_time("C", "A", Flow.DIRTY, 1.0) == math.inf
+    with pytest.raises(NoRoute):
+        graph.route("C", "A", Flow.DIRTY, 1.0)
+
+
+def test_a_closed_door_closes_its_lanes() -> None:
+    graph = BuildingGraph(ring())
+    graph.set_closed(doors={"D1"})
+    assert graph.closed.doors == {"D1"}
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == 35.0
+    assert graph.travel_times(["A", "B"], Flow.CLEAN, 1.0) == [[0.0, 35.0], [35.0, 0.0]]
+
+
+def test_a_closed_node_cannot_be_entered_but_can_be_left() -> None:
+    graph = BuildingGraph(ring())
+    assert graph.travel_time("A", "C", Flow.CLEAN, 1.0) == 22.0  # through B
+    graph.set_closed(nodes=["B"])
+    assert graph.travel_time("A", "C", Flow.CLEAN, 1.0) == 25.0  # round B, by D
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == math.inf
+    assert graph.travel_time("B", "A", Flow.CLEAN, 1.0) == 12.0  # a robot on B drives off
+    assert graph.travel_time("B", "B", Flow.CLEAN, 1.0) == 0.0
+    with pytest.raises(NoRoute):
+        graph.route("C", "B", Flow.CLEAN, 1.0)
+
+
+def test_a_closed_lift_has_no_rides_and_a_closed_lobby_no_arrivals() -> None:
+    lobbies = {"L0": "G", "L1": "M", "L2": "T"}
+    slow = Lift("SLOW", lobbies, 1, door_time_s=4.0, speed_m_s=0.5, expected_wait_s=30.0)
+    fast = Lift("FAST", lobbies, 1, door_time_s=4.0, speed_m_s=2.0, expected_wait_s=30.0)
+    graph = BuildingGraph(three_levels(slow, fast))
+    graph.set_closed(lifts=["FAST"])
+    assert lifts_of(graph.route("G", "T", Flow.CLEAN, 1.0)) == ["SLOW"]
+    graph.set_closed(lifts=["FAST", "SLOW"])
+    assert graph.travel_time("G", "T", Flow.CLEAN, 1.0) == math.inf
+    graph.set_closed(nodes=["T"])
+    assert graph.travel_time("G", "T", Flow.CLEAN, 1.0) == math.inf
+    assert lifts_of(graph.route("T", "G", Flow.CLEAN, 1.0)) == ["FAST"]
+
+
+def test_unknown_names_are_refused_and_change_nothing() -> None:
+    graph = BuildingGraph(ring())
+    graph.set_closed(doors=["D1"])
+    before = (graph.closed, graph.version)
+    with pytest.raises(ValueError, match=r"unknown lane 'B--A'; did you mean 'A--B'\?"):
+        graph.set_closed(lanes=["B--A"])
+    with pytest.raises(ValueError, match=r"unknown door 'D-1'; did you mean 'D1'\?"):
+        graph.set_closed(doors=["D-1"])
+    with pytest.raises(ValueError, match=r"unknown lift 'LIFT'"):
+        graph.set_closed(doors=["D1"], lifts=["LIFT"])
+    with pytest.raises(ValueError, match=r"unknown node 'Z'"):
+        graph.set_closed(nodes=["A", "Z"])
+    assert (graph.closed, graph.version) == before
+    assert graph.travel_time("A", "B", Flow.CLEAN, 1.0) == 35.0
+
+
+def test_closures_and_lift_waits_work_together() -> None:
+    lobbies = {"L0": "G", "L1": "M", "L2": "T"}
+    slow = Lift("SLOW", lobbies, 1, door_time_s=4.0, speed_m_s=0.5, expected_wait_s=30.0)
+    fast = Lift("FAST", lobbies, 1, door_time_s=4.0, speed_m_s=2.0, expected_wait_s=30.0)
+    graph = BuildingGraph(three_levels(slow, fast))
+    ride = 3 * 4.0 + 2 * LIFT_TRANSFER_S + 9.0 / 0.5  # SLOW, without the wait
+    graph.set_closed(lifts=["FAST"])
+    assert graph.set_lift_waits({"SLOW": 5.0}) is True
+    assert graph.travel_time("G", "T", Flow.CLEAN, 1.0) == 5.0 + ride  # still no FAST
+    assert graph.closed.lifts == {"FAST"}
+    assert graph.set_closed() is True  # the waits stay
+    assert graph.lift_waits == {"SLOW": 5.0, "FAST": 30.0}
+    assert lifts_of(graph.route("G", "T", Flow.CLEAN, 1.0)) == ["SLOW"]  # 5 s wait beats 30 s
+    assert graph.version == 3
+
+
+def test_closing_the_demo_wards_fire_door_cuts_off_the_east_wing() -> None:
+    graph = BuildingGraph(load_building(DEMO))
+    port, ward_b = "B1-WH-PORT-1", "L2-WARD-B"
+    assert graph.travel_time(port, ward_b, Flow.CLEAN, 1.0) < math.inf
+    graph.set_closed(doors=["D-L2-FIRE"])
+    assert graph.travel_time(port, ward_b, Flow.CLEAN, 1.0) == math.inf
+    assert graph.travel_time(port, "L2-WARD-A", Flow.CLEAN, 1.0) < math.inf
