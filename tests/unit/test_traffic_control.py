@@ -301,9 +301,9 @@ def test_every_operation_keeps_the_book_consistent(
             queue_before.remove(holder)  # its new request queues behind everyone
         for h in newcomers:
             ahead = queue_before[: queue_before.index(h)] if h in queue_before else queue_before
-            got = set(tc.held_by(h)) - held_before[h]
+            taken = set(tc.held_by(h)) - held_before[h]
             for e in ahead:
-                assert not got & (set(tc.waiting_for(e)) - set(tc.held_by(e))), (h, e)
+                assert not taken & (set(tc.waiting_for(e)) - set(tc.held_by(e))), (h, e)
         assert tc.over_capacity() == []
         assert tc.check_invariants() == []
         for h in HOLDERS:
