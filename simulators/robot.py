@@ -83,6 +83,11 @@ class SimRobot:
     def connect(self) -> None:
         """Say hello and start reporting state."""
         self.connected = True
+        if self.lift is None:
+            # Where it stands, it is in the way (again, after a reconnect: no double count).
+            self.world.occupy(
+                self.scheduler.now(), self.world.node_resource(self.node), self.spec.robot_id
+            )
         self._send(
             robot_pb2.RobotMessage(
                 hello=robot_pb2.RobotHello(
@@ -111,12 +116,29 @@ class SimRobot:
                 timer.cancel()
         self._timer = self._state_timer = None
         self._stop_charging()
-        step = self._step
-        if step is not None and step.WhichOneof("kind") == "move" and step.move.door_id:
-            # Simplification: a robot that dies while crossing a door is taken to have stopped
-            # short of it (it stays at the lane's start), so the doorway is not left occupied.
-            self.world.back_out_of_door(self.scheduler.now(), step.move.door_id, self.spec.robot_id)
+        if self._step is not None:
+            self._abandon(self._step)
         self._step = None
+
+    def _abandon(self, step: robot_pb2.StepCommand) -> None:
+        """Undo what starting `step` took in the world, for a step that will not finish.
+
+        Simplification: a robot that stops during a move is taken to have stopped short at the
+        lane's start (where its node still is), so the doorway and an exclusive lane are not
+        left occupied and it stands on the start node again. One stopped while driving out of a
+        car is still in the car, not in the lobby. It stays where it is, connected or not.
+        """
+        now = self.scheduler.now()
+        robot = self.spec.robot_id
+        kind = step.WhichOneof("kind")
+        if kind == "move":
+            mv = step.move
+            if mv.door_id:
+                self.world.back_out_of_door(now, mv.door_id, robot)
+            self.world.vacate(now, self.world.lane_resource(mv.from_node, mv.to_node), robot)
+            self.world.occupy(now, self.world.node_resource(self.node), robot)
+        elif kind == "exit_lift":
+            self.world.vacate(now, self.world.node_resource(step.exit_lift.to_node), robot)
 
     def _schedule_state(self) -> None:
         self._state_timer = self.scheduler.call_later(self.state_interval_s, self._state_tick)
@@ -174,6 +196,8 @@ class SimRobot:
         elif action.type == robot_pb2.INSTANT_ACTION_TYPE_CANCEL_STEP and self._timer:
             self._timer.cancel()
             self._stop_charging()
+            if self._step is not None:
+                self._abandon(self._step)
             self._step = None
         self.send_state()
 
@@ -244,6 +268,10 @@ class SimRobot:
             duration = mv.distance_m / speed
             if mv.door_id:
                 self.world.enter_door(now, mv.door_id, self.spec.robot_id)
+            # Off the node and onto the lane: the node is free as soon as the robot drives.
+            robot = self.spec.robot_id
+            self.world.vacate(now, self.world.node_resource(mv.from_node), robot)
+            self.world.occupy(now, self.world.lane_resource(mv.from_node, mv.to_node), robot)
         elif kind == "enter_lift":
             el = step.enter_lift
             why = self.world.enter_lift(
@@ -253,6 +281,7 @@ class SimRobot:
                 self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, why)
                 return
             self.lift = el.lift_id
+            self.world.vacate(now, self.world.node_resource(self.node), self.spec.robot_id)
             duration = LIFT_TRANSFER_S
         elif kind == "exit_lift":
             if self.lift != step.exit_lift.lift_id:
@@ -262,6 +291,10 @@ class SimRobot:
                     f"not in lift {step.exit_lift.lift_id}",
                 )
                 return
+            # Driving out of the car is driving into the lobby: it is there from the start.
+            self.world.occupy(
+                now, self.world.node_resource(step.exit_lift.to_node), self.spec.robot_id
+            )
             duration = LIFT_TRANSFER_S
         elif kind in ("pickup", "dropoff"):
             station = step.pickup.station if kind == "pickup" else step.dropoff.station
@@ -299,6 +332,9 @@ class SimRobot:
             self.world.distance_m += mv.distance_m
             self.battery = max(0.0, self.battery - mv.distance_m * _DRAIN_PER_M)
             self.node = mv.to_node
+            robot = self.spec.robot_id
+            self.world.vacate(now, self.world.lane_resource(mv.from_node, mv.to_node), robot)
+            self.world.occupy(now, self.world.node_resource(mv.to_node), robot)
         elif kind == "enter_lift":
             pass
         elif kind == "exit_lift":

@@ -2,8 +2,12 @@
 
 Simulated robots, doors and lifts update it; it counts what an observer in the corridors
 would count: metres driven, lift rides, door passes, and conflicts (more robots in a door
-passage or a lift car than it admits) and safety violations (driving through a door that is
-not open, entering a car that is not there).
+passage, a lift car, an exclusive node, lane or zone than it admits) and safety violations
+(driving through a door that is not open, entering a car that is not there).
+
+Exclusive nodes, lanes and zones (`fleet.traffic.resources`) are occupied physically: a robot
+occupies the exclusive node it stands on and the exclusive lane or zone it drives on, whether
+or not it is connected (an offline robot is still in the way).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleet.building.model import Building
+from fleet.traffic.resources import TrafficResources
 
 
 @dataclass
@@ -42,9 +47,21 @@ class WorldEvent:
 
 
 class World:
-    """Physical state and the counters a KPI report needs."""
+    """Physical state and the counters a KPI report needs.
 
-    def __init__(self, building: Building, record_events: bool = False) -> None:
+    Robots sharing an exclusive node, lane or zone are counted in `exclusive_conflicts`, and in
+    `conflicts` too when `count_exclusive_conflicts` is set. It is off by default for now: the
+    dispatcher does not reserve nodes, lanes and zones yet, and every twin run would report the
+    robots queueing in a lift lobby or at a warehouse port as conflicts.
+    """
+
+    def __init__(
+        self,
+        building: Building,
+        record_events: bool = False,
+        *,
+        count_exclusive_conflicts: bool = False,
+    ) -> None:
         self.building = building
         self.doors = {name: DoorTruth() for name in building.doors}
         self.lifts = {
@@ -56,6 +73,15 @@ class World:
         self.door_passes = 0
         self.conflicts = 0
         self.violations: list[str] = []
+        self.resources = TrafficResources(building)
+        self._occupants: dict[str, set[str]] = {}  # exclusive node/lane/zone -> robots on it
+        self.exclusive_entries = 0
+        """How many times a robot took an exclusive node, lane or zone."""
+        self.exclusive_conflicts = 0
+        """How many times a robot joined another on an exclusive node, lane or zone."""
+        self.count_exclusive_conflicts = count_exclusive_conflicts
+        self.occupancy_conflicts: list[str] = []
+        """One line per robot that joined another on an exclusive node, lane or zone."""
         self.record_events = record_events
         self.events: list[WorldEvent] = []
 
@@ -113,3 +139,56 @@ class World:
     def robots_in_lift(self, lift: str) -> set[str]:
         """Who is in a car now."""
         return set(self.lifts[lift].occupants)
+
+    # ---- exclusive nodes, lanes and zones ----------------------------------------------------
+
+    def occupants(self, resource: str) -> set[str]:
+        """The robots on an exclusive resource now (`node:N`, `lane:L`, `zone:Z`; a copy)."""
+        return set(self._occupants.get(resource, ()))
+
+    def occupy(self, at: float, resource: str | None, robot: str) -> None:
+        """`robot` is now on `resource` (None: nothing exclusive, nothing to do).
+
+        A robot joining another counts one conflict, as a robot entering an occupied door does
+        (in `exclusive_conflicts`, and in `conflicts` when `count_exclusive_conflicts` is set).
+        """
+        if resource is None:
+            return
+        occupants = self._occupants.setdefault(resource, set())
+        if robot in occupants:
+            return
+        occupants.add(robot)
+        self.exclusive_entries += 1
+        if len(occupants) > 1:
+            self.exclusive_conflicts += 1
+            if self.count_exclusive_conflicts:
+                self.conflicts += 1
+            others = ", ".join(sorted(occupants - {robot}))
+            self.occupancy_conflicts.append(f"{at:.0f}: {robot} joined {others} on {resource}")
+            self.note(at, robot, f"conflict on {resource} with {others}")
+
+    def vacate(self, at: float, resource: str | None, robot: str) -> None:
+        """`robot` has left `resource` (None, or a resource it is not on: nothing to do)."""
+        if resource is None:
+            return
+        occupants = self._occupants.get(resource)
+        if occupants is not None:
+            occupants.discard(robot)
+
+    def node_resource(self, node: str) -> str | None:
+        """The exclusive resource of a node, or None (also for a node not in the map)."""
+        try:
+            return self.resources.node_resource(node)
+        except KeyError:
+            return None
+
+    def lane_resource(self, start: str, end: str) -> str | None:
+        """The exclusive resource of the lane from `start` to `end`, or None.
+
+        None too when no lane goes that way: a robot told to drive where the map has no lane is
+        the dispatcher's error, not an occupancy question.
+        """
+        try:
+            return self.resources.lane_resource(start, end)
+        except KeyError:
+            return None
