@@ -22,6 +22,8 @@ In short:
   each level is the lift's lobby there. Lifts no lane reaches are left out.
 - Vertices flagged `is_charger`, `pickup_dispenser`, `dropoff_ingestor` or `is_parking_spot`
   become stations; the overlay adds others, changes their kind or removes them.
+- Vertices flagged `is_holding_point` become holding points, except lift lobbies (a lobby is
+  exclusive, a holding point must not be).
 """
 
 from __future__ import annotations
@@ -409,6 +411,7 @@ class _Converter:
         out_lanes = self.emit_lanes(levels, lanes, lane_doors)
         out_lifts = self.emit_lifts(rmf, lifts, lobbies, by_level, opts)
         stations = self.stations(levels, opts)
+        holding = self.holding_points(levels, out_lifts)
         self.check()
 
         out_levels = []
@@ -428,6 +431,8 @@ class _Converter:
         result["lanes"] = out_lanes
         if out_lifts:
             result["lifts"] = out_lifts
+        if holding:
+            result["holding_points"] = holding
         if stations:
             result["stations"] = stations
         header = [f"Imported from the Open-RMF building map {Path(self.source).name!r}"]
@@ -749,6 +754,29 @@ class _Converter:
         for name in opts.lifts:
             if name not in lifts:
                 self.overlay_error(join_path("lifts", name), f"no lift {name!r} in the RMF map")
+        return out
+
+    # -- holding points ------------------------------------------------------------------------
+
+    def holding_points(self, levels: list[_Level], lifts: list[dict[str, Any]]) -> list[str]:
+        """The nodes of vertices flagged `is_holding_point`, in level and vertex order."""
+        lobbies = {node: lift["name"] for lift in lifts for node in lift["lobbies"].values()}
+        out: list[str] = []
+        for level in levels:
+            for v in level.vertices:
+                if not _param(v.params, "is_holding_point"):
+                    continue
+                label = v.name or f"{level.name} vertex {v.index}"
+                if not v.node:
+                    self.notes.append(f"{label} is a holding point on no imported lane: left out")
+                elif v.node in lobbies:
+                    # Our lobbies take one robot at a time; waiting there would block the car.
+                    self.notes.append(
+                        f"{label} is a holding point but the lobby of lift {lobbies[v.node]!r}, "
+                        "which is exclusive: not a holding point"
+                    )
+                else:
+                    out.append(v.node)
         return out
 
     # -- stations ------------------------------------------------------------------------------
@@ -1220,11 +1248,14 @@ def render_yaml(result: RmfImport) -> str:
         out.append("    nodes:")
         for node, xy in level["nodes"].items():
             out.append(f"      {_flow(node)}: {_flow(xy)}")
-    for section in ("doors", "lanes", "lifts", "stations"):
+    for section in ("doors", "lanes", "lifts", "holding_points", "stations"):
         items = data.get(section)
         if not items:
             continue
         out.append(f"{section}:")
+        if section == "holding_points":
+            out.extend(f"  - {_flow(node)}" for node in items)
+            continue
         for item in items:
             comment = result.comments.get(f"{section}.{item.get('name')}")
             if section == "lifts":

@@ -189,6 +189,43 @@ def test_marked_vertices_become_stations(clinic_rmf: dict[str, Any]) -> None:
     assert kinds["tinyRobot1_charger"] is StationKind.CHARGER
 
 
+def test_holding_points_come_through_but_not_on_a_lobby(clinic_rmf: dict[str, Any]) -> None:
+    building = load(rmf_to_map(clinic_rmf))
+    assert len(building.holding_points) == 29  # every is_holding_point vertex is on a lane
+    assert {
+        "L1_left_nurse_center",
+        "L1_sub_waiting_area_4_v422",
+        "deliveryRobot_1_charger",
+        "L2_north_counter",
+    } <= building.holding_points
+    assert not building.holding_points & building.exclusive_nodes
+    rmf = copy.deepcopy(clinic_rmf)
+    vertex = rmf["levels"]["L1"]["vertices"][404]  # lift_1's lobby on L1
+    while len(vertex) < 5:
+        vertex.append("" if len(vertex) == 3 else {})
+    vertex[4]["is_holding_point"] = [4, True]
+    result = rmf_to_map(rmf)
+    assert "L1_v404" not in result.map["holding_points"]
+    note = (
+        "L1 vertex 404 is a holding point but the lobby of lift 'lift_1', which is exclusive: "
+        "not a holding point"
+    )
+    assert note in result.notes
+    assert load(result).holding_points == building.holding_points
+
+
+def test_a_holding_point_on_no_lane_is_left_out_with_a_note() -> None:
+    rmf = tiny([lane(0, 1)])
+    vertices = rmf["levels"]["L1"]["vertices"]
+    vertices[1].append({"is_holding_point": [4, True]})
+    vertices[2].append({"is_holding_point": [4, True]})
+    result = rmf_to_map(rmf)
+    assert result.map["holding_points"] == ["b"]
+    assert result.notes == ["c is a holding point on no imported lane: left out"]
+    assert render_yaml(result).endswith("holding_points:\n  - b\n")
+    assert load(result).holding_points == {"b"}
+
+
 # ---- the overlay --------------------------------------------------------------------------------
 
 
