@@ -7,6 +7,7 @@ exchanges exactly the bytes a vendor's robot would.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,7 +19,7 @@ from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.domain.robot import RobotCapabilities, RobotMode
 from fleet.traffic.steps import Step, StepKind
-from fleet.v1 import common_pb2, infrastructure_pb2, orders_pb2, robot_pb2
+from fleet.v1 import common_pb2, infrastructure_pb2, operations_pb2, orders_pb2, robot_pb2
 
 CARGO_TO_PB = {
     CargoClass.STERILE: common_pb2.CARGO_CLASS_STERILE,
@@ -92,6 +93,12 @@ LIFT_ACTION_TO_PB = {
     m.LiftAction.CALL: infrastructure_pb2.LIFT_ACTION_CALL,
     m.LiftAction.GO_TO: infrastructure_pb2.LIFT_ACTION_GO_TO,
     m.LiftAction.RELEASE: infrastructure_pb2.LIFT_ACTION_RELEASE,
+    m.LiftAction.RENEW: infrastructure_pb2.LIFT_ACTION_RENEW,
+}
+SEVERITY_TO_PB = {
+    m.AlertSeverity.INFO: operations_pb2.ALERT_SEVERITY_INFO,
+    m.AlertSeverity.WARNING: operations_pb2.ALERT_SEVERITY_WARNING,
+    m.AlertSeverity.CRITICAL: operations_pb2.ALERT_SEVERITY_CRITICAL,
 }
 INSTANT_TO_PB = {
     m.InstantKind.PAUSE: robot_pb2.INSTANT_ACTION_TYPE_PAUSE,
@@ -327,8 +334,14 @@ def _pose(building: Building, node: str) -> common_pb2.Pose:
 # ---- infrastructure --------------------------------------------------------------------------
 
 
-def infrastructure_message_from_pb(msg: infrastructure_pb2.InfrastructureMessage) -> m.Inbound:
-    """Translate one message of a door/lift controller stream."""
+def infrastructure_message_from_pb(
+    msg: infrastructure_pb2.InfrastructureMessage, controller_id: str = ""
+) -> m.Inbound:
+    """Translate one message of a door/lift controller stream.
+
+    `controller_id`: the controller whose hello opened the stream ("" when not known), named
+    in a fire alarm it relays.
+    """
     kind = msg.WhichOneof("msg")
     if kind == "hello":
         h = msg.hello
@@ -339,13 +352,17 @@ def infrastructure_message_from_pb(msg: infrastructure_pb2.InfrastructureMessage
         d = msg.door_state
         if d.mode not in DOOR_MODE_FROM_PB:
             raise InvalidArgument("door_state.mode", "is required")
-        return m.DoorReport(d.door_id, DOOR_MODE_FROM_PB[d.mode], d.session_id)
+        return m.DoorReport(d.door_id, DOOR_MODE_FROM_PB[d.mode], d.session_id, d.fault_detail)
     if kind == "lift_state":
         s = msg.lift_state
         if s.door not in LIFT_DOOR_FROM_PB:
             raise InvalidArgument("lift_state.door", "is required")
         if s.mode not in LIFT_MODE_FROM_PB:
             raise InvalidArgument("lift_state.mode", "is required")
+        if not (s.lease_remaining_s >= 0 and math.isfinite(s.lease_remaining_s)):
+            raise InvalidArgument(
+                "lift_state.lease_remaining_s", "must be a finite number >= 0 (0: no lease)"
+            )
         return m.LiftReport(
             lift_id=s.lift_id,
             level=s.current_level,
@@ -353,7 +370,19 @@ def infrastructure_message_from_pb(msg: infrastructure_pb2.InfrastructureMessage
             mode=LIFT_MODE_FROM_PB[s.mode],
             session_id=s.session_id,
             destination=s.destination_level,
+            fault=s.fault_detail,
+            lease_remaining_s=s.lease_remaining_s,
         )
+    if kind == "fire_alarm":
+        a = msg.fire_alarm
+        return m.FireAlarm(active=a.active, controller_id=controller_id, detail=a.detail)
+    if kind == "ack":
+        k = msg.ack
+        if not k.device_id:
+            raise InvalidArgument("ack.device_id", "is required")
+        if not k.session_id:
+            raise InvalidArgument("ack.session_id", "is required")
+        return m.RequestAck(k.device_id, k.session_id, k.accepted, k.reason)
     raise InvalidArgument("msg", "empty infrastructure message")
 
 
@@ -377,5 +406,84 @@ def infrastructure_command_to_pb(
             robot_id=out.robot_id,
             action=LIFT_ACTION_TO_PB[out.action],
             level=out.level,
+            lease_s=out.lease_s,
         )
     )
+
+
+# ---- operations ------------------------------------------------------------------------------
+
+OperatorRequest = (
+    operations_pb2.OperatorRobotRequest
+    | operations_pb2.OperatorLaneRequest
+    | operations_pb2.OperatorDoorRequest
+    | operations_pb2.OperatorLiftRequest
+)
+
+# The request field that names an action's target, for errors about the target.
+OPERATOR_TARGET_FIELD = {
+    m.OperatorAction.PAUSE_ROBOT: "robot_id",
+    m.OperatorAction.RESUME_ROBOT: "robot_id",
+    m.OperatorAction.CLOSE_LANE: "lane",
+    m.OperatorAction.REOPEN_LANE: "lane",
+    m.OperatorAction.CLOSE_DOOR: "door_id",
+    m.OperatorAction.REOPEN_DOOR: "door_id",
+    m.OperatorAction.CLOSE_LIFT: "lift_id",
+    m.OperatorAction.REOPEN_LIFT: "lift_id",
+}
+_ROBOT_ACTIONS = (m.OperatorAction.PAUSE_ROBOT, m.OperatorAction.RESUME_ROBOT)
+_LANE_ACTIONS = (m.OperatorAction.CLOSE_LANE, m.OperatorAction.REOPEN_LANE)
+
+
+def operator_command_from_pb(
+    action: m.OperatorAction, request: OperatorRequest
+) -> m.OperatorCommand:
+    """Translate an operator control; the core checks that the target exists.
+
+    Only a robot action may leave its target empty (every robot). A lane must be written the
+    way the map names lanes (`A--B` or `A->B`), so that a typo is told apart from an unknown lane.
+    """
+    field = OPERATOR_TARGET_FIELD[action]
+    target = str(getattr(request, field)).strip()
+    if not target and action not in _ROBOT_ACTIONS:
+        raise InvalidArgument(field, "is required")
+    if action in _LANE_ACTIONS:
+        start, _, end = target.partition("--" if "--" in target else "->")
+        if not start.strip() or not end.strip():
+            raise InvalidArgument(
+                field, f"{target!r} is not a lane name: write A--B (two-way) or A->B (one-way)"
+            )
+    return m.OperatorCommand(
+        action=action,
+        target=target,
+        reason=request.reason.strip(),
+        operator=request.operator_id.strip(),
+    )
+
+
+def alert_to_pb(alert: m.Alert) -> operations_pb2.Alert:
+    """The wire form of an alert."""
+    return operations_pb2.Alert(
+        at=ts(alert.at),
+        code=alert.code,
+        severity=SEVERITY_TO_PB[alert.severity],
+        subject=alert.subject,
+        message=alert.message,
+        robots=list(alert.robots),
+        cleared=alert.cleared,
+    )
+
+
+def active_alerts(alerts: Iterable[m.Alert]) -> list[m.Alert]:
+    """The alerts still active, oldest first: not cleared themselves, and no later alert with
+    the same code and subject cleared them."""
+    cleared: set[tuple[str, str]] = set()
+    active: list[m.Alert] = []
+    for alert in reversed(list(alerts)):
+        key = (alert.code, alert.subject)
+        if alert.cleared:
+            cleared.add(key)
+        elif key not in cleared:
+            active.append(alert)
+    active.reverse()
+    return active

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleet.api.servicers import (
     InfrastructureGatewayServicer,
+    OperationsServicer,
     OrderServicer,
     RobotGatewayServicer,
 )
@@ -21,6 +22,8 @@ from fleet.dispatch.core import FleetCore
 from fleet.v1 import (
     infrastructure_pb2,
     infrastructure_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
     orders_pb2,
     orders_pb2_grpc,
     robot_pb2,
@@ -31,6 +34,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
     robot_pb2.DESCRIPTOR.services_by_name["RobotGateway"].full_name,
     infrastructure_pb2.DESCRIPTOR.services_by_name["InfrastructureGateway"].full_name,
+    operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
 )
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -64,6 +68,9 @@ def build_server(bus: AsyncBus, core: FleetCore, settings: Settings) -> GrpcServ
     robot_pb2_grpc.add_RobotGatewayServicer_to_server(RobotGatewayServicer(bus, core), server)
     infrastructure_pb2_grpc.add_InfrastructureGatewayServicer_to_server(
         InfrastructureGatewayServicer(bus, core), server
+    )
+    operations_pb2_grpc.add_OperationsServiceServicer_to_server(
+        OperationsServicer(bus, core), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -5,9 +5,9 @@ and wait for its verdict; door and lift reports go through `AsyncBus.post`. Read
 snapshots) look at the core directly: the bus task runs on the same event loop, so between two
 awaits the core is never half-way through a message.
 
-Streams (`WatchOrders`, both `Connect`s) register a sink on the bus's router that queues
-messages for the response stream; a separate reader task handles the request stream, so reading
-and writing never wait for each other. The sinks run inside the bus task and never raise.
+Streams (`WatchOrders`, `WatchAlerts`, both `Connect`s) register a sink on the bus's router that
+queues messages for the response stream; a separate reader task handles the request stream, so
+reading and writing never wait for each other. The sinks run inside the bus task and never raise.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ import grpc.aio
 from fleet.api import convert
 from fleet.api.errors import abort_for, grpc_errors, is_abort, status_for
 from fleet.dispatch import messages as m
-from fleet.dispatch.bus import AsyncBus, DeviceSink, OrderSink, RobotSink
+from fleet.dispatch.bus import AlertSink, AsyncBus, DeviceSink, OrderSink, RobotSink
 from fleet.dispatch.core import FleetCore
 from fleet.domain.errors import DomainError, InvalidArgument
 from fleet.domain.order import Order, OrderState
 from fleet.v1 import (
     infrastructure_pb2,
     infrastructure_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
     orders_pb2,
     orders_pb2_grpc,
     robot_pb2,
@@ -284,7 +286,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             _remove_watcher(self._bus.router.watchers, sink)
 
 
-def _remove_watcher(watchers: list[OrderSink], sink: OrderSink) -> None:
+def _remove_watcher(watchers: list[Any], sink: object) -> None:
     for i, registered in enumerate(watchers):
         if registered is sink:
             del watchers[i]
@@ -454,11 +456,12 @@ class InfrastructureGatewayServicer(infrastructure_pb2_grpc.InfrastructureGatewa
         hello: m.ControllerHello,
         outbox: _Outbox[infrastructure_pb2.InfrastructureCommand],
     ) -> None:
-        """Translate and post door and lift states; a bad message ends the stream."""
+        """Translate and post door and lift states, acks and fire alarms; a bad message ends
+        the stream."""
         doors, lifts = set(hello.door_ids), set(hello.lift_ids)
         try:
             async for message in requests:
-                inbound = convert.infrastructure_message_from_pb(message)
+                inbound = convert.infrastructure_message_from_pb(message, hello.controller_id)
                 _check_device(inbound, doors, lifts)
                 self._bus.post(inbound)
         except asyncio.CancelledError:
@@ -474,7 +477,8 @@ class InfrastructureGatewayServicer(infrastructure_pb2_grpc.InfrastructureGatewa
 
 
 def _check_device(inbound: m.Inbound, doors: Iterable[str], lifts: Iterable[str]) -> None:
-    """A controller reports only the devices its hello named, and says hello once."""
+    """A controller reports (and acks requests for) only the devices its hello named, and says
+    hello once. A fire alarm names no device: any controller may relay it."""
     if isinstance(inbound, m.ControllerHello):
         raise InvalidArgument("hello", "only the first message of a stream may be a hello")
     if isinstance(inbound, m.DoorReport) and inbound.door_id not in doors:
@@ -485,3 +489,150 @@ def _check_device(inbound: m.Inbound, doors: Iterable[str], lifts: Iterable[str]
         raise InvalidArgument(
             "lift_state.lift_id", f"lift {inbound.lift_id!r} was not named in the hello"
         )
+    if isinstance(inbound, m.RequestAck) and not (
+        inbound.device_id in doors or inbound.device_id in lifts
+    ):
+        raise InvalidArgument(
+            "ack.device_id", f"device {inbound.device_id!r} was not named in the hello"
+        )
+
+
+# ---- operations centre -------------------------------------------------------------------------
+
+# What an operator's control did, for the response; {target} is the target as given.
+_DONE = {
+    m.OperatorAction.PAUSE_ROBOT: "robot {target} paused",
+    m.OperatorAction.RESUME_ROBOT: "robot {target} resumed",
+    m.OperatorAction.CLOSE_LANE: "lane {target} closed",
+    m.OperatorAction.REOPEN_LANE: "lane {target} reopened",
+    m.OperatorAction.CLOSE_DOOR: "door {target} closed to robots",
+    m.OperatorAction.REOPEN_DOOR: "door {target} reopened to robots",
+    m.OperatorAction.CLOSE_LIFT: "lift {target} closed to robots",
+    m.OperatorAction.REOPEN_LIFT: "lift {target} reopened to robots",
+}
+_DONE_ALL = {
+    m.OperatorAction.PAUSE_ROBOT: "every robot paused",
+    m.OperatorAction.RESUME_ROBOT: "every robot resumed",
+}
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+    """OperationsService: operator controls go to the core as `OperatorCommand`s; alerts are
+    read from the core (`FleetCore.alerts`) and watched through the router."""
+
+    def __init__(self, bus: AsyncBus, core: FleetCore) -> None:
+        self._bus = bus
+        self._core = core
+
+    async def _act(
+        self, action: m.OperatorAction, request: convert.OperatorRequest
+    ) -> operations_pb2.OperatorActionResponse:
+        cmd = convert.operator_command_from_pb(action, request)
+        try:
+            await self._bus.submit(cmd)
+        except InvalidArgument as exc:
+            # The core names the command's `target`; the caller sent it as robot_id, lane, ...
+            if exc.field == "target":
+                raise InvalidArgument(convert.OPERATOR_TARGET_FIELD[action], exc.reason) from None
+            raise
+        done = _DONE_ALL[action] if not cmd.target else _DONE[action].format(target=cmd.target)
+        return operations_pb2.OperatorActionResponse(message=done)
+
+    @grpc_errors
+    async def PauseRobot(
+        self, request: operations_pb2.OperatorRobotRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Pause one robot, or every robot for an empty robot_id."""
+        return await self._act(m.OperatorAction.PAUSE_ROBOT, request)
+
+    @grpc_errors
+    async def ResumeRobot(
+        self, request: operations_pb2.OperatorRobotRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Resume one robot, or every robot for an empty robot_id."""
+        return await self._act(m.OperatorAction.RESUME_ROBOT, request)
+
+    @grpc_errors
+    async def CloseLane(
+        self, request: operations_pb2.OperatorLaneRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Close a lane to robot traffic."""
+        return await self._act(m.OperatorAction.CLOSE_LANE, request)
+
+    @grpc_errors
+    async def ReopenLane(
+        self, request: operations_pb2.OperatorLaneRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Reopen a closed lane."""
+        return await self._act(m.OperatorAction.REOPEN_LANE, request)
+
+    @grpc_errors
+    async def CloseDoor(
+        self, request: operations_pb2.OperatorDoorRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Take a door out of robot use."""
+        return await self._act(m.OperatorAction.CLOSE_DOOR, request)
+
+    @grpc_errors
+    async def ReopenDoor(
+        self, request: operations_pb2.OperatorDoorRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Return a door to robot use."""
+        return await self._act(m.OperatorAction.REOPEN_DOOR, request)
+
+    @grpc_errors
+    async def CloseLift(
+        self, request: operations_pb2.OperatorLiftRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Take a lift out of robot use."""
+        return await self._act(m.OperatorAction.CLOSE_LIFT, request)
+
+    @grpc_errors
+    async def ReopenLift(
+        self, request: operations_pb2.OperatorLiftRequest, context: Context
+    ) -> operations_pb2.OperatorActionResponse:
+        """Return a lift to robot use."""
+        return await self._act(m.OperatorAction.REOPEN_LIFT, request)
+
+    @grpc_errors
+    async def ListAlerts(
+        self, request: operations_pb2.ListAlertsRequest, context: Context
+    ) -> operations_pb2.ListAlertsResponse:
+        """The core's alerts, oldest first; only the active ones when asked."""
+        alerts: list[m.Alert] = list(self._core.alerts)
+        if request.active_only:
+            alerts = convert.active_alerts(alerts)
+        return operations_pb2.ListAlertsResponse(alerts=[convert.alert_to_pb(a) for a in alerts])
+
+    async def WatchAlerts(
+        self, request: operations_pb2.WatchAlertsRequest, context: Context
+    ) -> AsyncIterator[operations_pb2.Alert]:
+        """Stream alerts as the core raises and clears them, optionally the active ones first."""
+        outbox: _Outbox[m.Alert] = _Outbox()
+
+        def watch(alert: m.Alert) -> None:
+            if len(outbox) >= WATCH_QUEUE_LIMIT:
+                outbox.close(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the watcher fell behind; watch again with include_active",
+                )
+                _remove_watcher(self._bus.router.alert_watchers, watch)
+                return
+            outbox.put(alert)
+
+        sink: AlertSink = watch
+        # Register and take the snapshot with no await in between: nothing is missed or doubled.
+        self._bus.router.alert_watchers.append(sink)
+        try:
+            current = convert.active_alerts(self._core.alerts) if request.include_active else []
+            snapshot = [convert.alert_to_pb(a) for a in current]
+            for alert_pb in snapshot:
+                yield alert_pb
+            async for alert in outbox.drain(context):
+                yield convert.alert_to_pb(alert)
+        except Exception as exc:
+            if is_abort(exc):
+                raise
+            await abort_for(context, exc)
+        finally:
+            _remove_watcher(self._bus.router.alert_watchers, sink)

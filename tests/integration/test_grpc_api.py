@@ -754,3 +754,145 @@ async def test_service_with_a_bad_map_does_not_start(tmp_path: Path) -> None:
     with pytest.raises(MapError):
         await service.start()
     await service.stop()
+
+
+# ---- controllers: fire alarm, acks, faults and leases ------------------------------------------
+
+
+def record_handled(service: Service) -> list[object]:
+    """Every message the core handles from now on, in order."""
+    handled: list[object] = []
+    handle = service.core.handle
+
+    def record(msg: Any) -> Any:
+        handled.append(msg)
+        return handle(msg)
+
+    service.core.handle = record  # type: ignore[method-assign]
+    return handled
+
+
+async def test_controller_relays_fire_alarm_acks_and_faults(
+    client: Client, service: Service
+) -> None:
+    from fleet.dispatch import messages as m
+
+    handled = record_handled(service)
+    ipb = infrastructure_pb2
+    call = client.infra.Connect()
+    await call.write(
+        ipb.InfrastructureMessage(
+            hello=ipb.ControllerHello(
+                controller_id="SIEMENS-1", door_ids=["D-OR-01"], lift_ids=["LIFT-CLEAN"]
+            )
+        )
+    )
+    await wait_until(lambda: "LIFT-CLEAN" in service.bus.router.devices)
+    for message in (
+        ipb.InfrastructureMessage(fire_alarm=ipb.FireAlarm(active=True, detail="zone 3")),
+        ipb.InfrastructureMessage(
+            ack=ipb.RequestAck(
+                device_id="LIFT-CLEAN", session_id="S-1", accepted=False, reason="lease expired"
+            )
+        ),
+        ipb.InfrastructureMessage(
+            door_state=ipb.DoorState(
+                door_id="D-OR-01", mode=ipb.DOOR_MODE_FAULT, fault_detail="motor overcurrent"
+            )
+        ),
+        ipb.InfrastructureMessage(
+            lift_state=ipb.LiftState(
+                lift_id="LIFT-CLEAN",
+                current_level="L1",
+                door=ipb.LIFT_DOOR_OPEN,
+                mode=ipb.LIFT_MODE_OUT_OF_SERVICE,
+                session_id="S-2",
+                fault_detail="maintenance",
+                lease_remaining_s=12.5,
+            )
+        ),
+    ):
+        await call.write(message)
+    expected = [
+        m.FireAlarm(active=True, controller_id="SIEMENS-1", detail="zone 3"),
+        m.RequestAck("LIFT-CLEAN", "S-1", False, "lease expired"),
+        m.DoorReport("D-OR-01", m.DoorMode.FAULT, "", "motor overcurrent"),
+        m.LiftReport(
+            "LIFT-CLEAN",
+            "L1",
+            m.LiftDoorState.OPEN,
+            m.LiftMode.OUT_OF_SERVICE,
+            session_id="S-2",
+            fault="maintenance",
+            lease_remaining_s=12.5,
+        ),
+    ]
+    await wait_until(lambda: all(e in handled for e in expected))
+    # An ack may only name a device of this controller.
+    await call.write(
+        ipb.InfrastructureMessage(
+            ack=ipb.RequestAck(device_id="LIFT-DIRTY", session_id="S-3", accepted=True)
+        )
+    )
+    code, details = await stream_status(call)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("ack.device_id:"), details
+
+
+async def test_controller_messages_with_bad_fields_are_refused(
+    client: Client, service: Service
+) -> None:
+    ipb = infrastructure_pb2
+    bad = [
+        (ipb.InfrastructureMessage(ack=ipb.RequestAck(session_id="S-1")), "ack.device_id"),
+        (ipb.InfrastructureMessage(ack=ipb.RequestAck(device_id="LIFT-CLEAN")), "ack.session_id"),
+        (
+            ipb.InfrastructureMessage(
+                lift_state=ipb.LiftState(
+                    lift_id="LIFT-CLEAN",
+                    current_level="L1",
+                    door=ipb.LIFT_DOOR_CLOSED,
+                    mode=ipb.LIFT_MODE_NORMAL,
+                    lease_remaining_s=-1,
+                )
+            ),
+            "lift_state.lease_remaining_s",
+        ),
+    ]
+    for message, field in bad:
+        call = client.infra.Connect()
+        await call.write(
+            ipb.InfrastructureMessage(
+                hello=ipb.ControllerHello(controller_id="KONE-1", lift_ids=["LIFT-CLEAN"])
+            )
+        )
+        await call.write(message)
+        code, details = await stream_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith(f"{field}:"), details
+
+
+async def test_lift_requests_carry_the_lease(client: Client, service: Service) -> None:
+    from fleet.dispatch import messages as m
+
+    ipb = infrastructure_pb2
+    call = client.infra.Connect()
+    await call.write(
+        ipb.InfrastructureMessage(
+            hello=ipb.ControllerHello(controller_id="KONE-1", lift_ids=["LIFT-CLEAN"])
+        )
+    )
+    await wait_until(lambda: "LIFT-CLEAN" in service.bus.router.devices)
+    service.bus.router.route(
+        [m.LiftCommand("LIFT-CLEAN", m.LiftAction.RENEW, "S-1", "AMR-01", lease_s=30.0)]
+    )
+    command = await asyncio.wait_for(call.read(), STEP_TIMEOUT_S)
+    assert isinstance(command, ipb.InfrastructureCommand)
+    request = command.lift
+    assert (request.lift_id, request.session_id, request.robot_id) == (
+        "LIFT-CLEAN",
+        "S-1",
+        "AMR-01",
+    )
+    assert (request.action, request.lease_s) == (ipb.LIFT_ACTION_RENEW, 30.0)
+    call.cancel()
