@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fleet.building.graph import BuildingGraph, NoRoute
-from fleet.building.model import Building, StationKind
+from fleet.building.graph import BuildingGraph, LaneLeg, NoRoute
+from fleet.building.model import Building, DoorKind, Lane, StationKind
 from fleet.clock import Clock
 from fleet.dispatch import messages as m
 from fleet.dispatch.ports import Assignment, FleetStore
@@ -32,8 +32,10 @@ from fleet.planning.deferral import deferred_pickup
 from fleet.planning.insertion import VehicleRoute, insert_task, without_orders
 from fleet.planning.plan import assign_compartments
 from fleet.planning.problem import grams
+from fleet.traffic.control import TrafficControl
+from fleet.traffic.lift_sessions import IllegalSessionTransition, LiftSessions, SessionState
 from fleet.traffic.lift_waits import LiftWaitEstimator
-from fleet.traffic.reservations import Reservations
+from fleet.traffic.resources import TrafficResources, door_resource, lift_resource
 from fleet.traffic.steps import Step, StepKind, steps_for_route
 
 
@@ -71,16 +73,25 @@ class CoreConfig:
     # The speed the deferral assumes for the direct trip (slower than any robot: on the safe
     # side).
     defer_speed_m_s: float = 0.7
+    # A lift controller frees a car whose session sends nothing for this long; the core renews
+    # every live session when half of it is used. 0: sessions without a lease.
+    lift_lease_s: float = 120.0
+    # A robot drives into a car only on a car report at most this old ("a stale lift state is
+    # never trusted").
+    lift_state_max_age_s: float = 10.0
 
 
 @dataclass
 class _Wait:
-    """What a robot's next dispatcher-side step is waiting for."""
+    """What a robot's next step is waiting for."""
 
-    kind: str  # "door_queue", "door_open", "lift_queue", "lift_at"
+    # "door_queue", "door_open", "lift_queue", "lift_at": a door or a car; "traffic": exclusive
+    # lanes and nodes ahead; "blocked": no route until a closure lifts (`resource` says why).
+    kind: str
     resource: str
     level: str = ""
     session_id: str = ""
+    since: float = 0.0
 
 
 @dataclass
@@ -106,6 +117,7 @@ class _RobotRun:
     # planned; the next insertion filters it once (rather than at every insertion).
     stale: bool = True
     battery_at: float = 0.0  # when it last reported its battery
+    paused: bool = False  # by an operator: it starts nothing until resumed
 
 
 @dataclass
@@ -114,12 +126,38 @@ class _LiftRun:
     door: m.LiftDoorState = m.LiftDoorState.CLOSED
     mode: m.LiftMode = m.LiftMode.NORMAL
     session_id: str = ""
+    reported_at: float = -math.inf
+    fault: str = ""
 
 
 @dataclass
 class _DoorRun:
     mode: m.DoorMode = m.DoorMode.CLOSED
     session_id: str = ""
+    fault: str = ""
+
+
+@dataclass
+class _Closures:
+    """Why each lane, door, lift and node is closed now (one reason per source)."""
+
+    operator: dict[str, str] = field(default_factory=dict)  # "lane:X"/"door:X"/"lift:X" -> why
+    faults: dict[str, str] = field(default_factory=dict)  # "door:X"/"lift:X" from controllers
+    # "node:N" / "lane:L" -> the dead robot standing on it (offline or in fault)
+    blocked: dict[str, str] = field(default_factory=dict)
+    fire_alarm: str = ""  # non-empty while the building's fire alarm is on
+
+    def of(self, kind: str) -> set[str]:
+        """Names of the closed things of `kind` ("lane", "door", "lift", "node")."""
+        return {
+            key.partition(":")[2]
+            for source in (self.operator, self.faults, self.blocked)
+            for key in source
+            if key.startswith(kind + ":")
+        }
+
+
+_WAIT_KINDS = ("door", "lift", "traffic", "blocked")
 
 
 _PRIORITY_ORDER = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
@@ -148,10 +186,29 @@ class FleetCore:
             for name, lift in building.lifts.items()
         }
         self.doors = {name: _DoorRun() for name in building.doors}
-        capacities = {f"door:{d}": 1 for d in building.doors}
-        # One session per car: a car carries one robot at a time until car sharing exists.
-        capacities.update({f"lift:{name}": 1 for name in building.lifts})
-        self.reservations = Reservations(capacities)
+        self.resources = TrafficResources(building)
+        # Door passages, lift cars (one session per car: a car carries one robot at a time
+        # until car sharing exists), exclusive lanes, zones and nodes: one book, so a wait for
+        # a car and a wait for a lobby show up in the same wait-for graph.
+        self.traffic = TrafficControl(self.resources.exclusive_capacities())
+        self.lift_sessions = LiftSessions()
+        self.closures = _Closures()
+        self.alerts: list[m.Alert] = []
+        self._active_alerts: dict[tuple[str, str], m.Alert] = {}
+        # Seconds robots spent waiting, per kind ("door", "lift", "traffic", "blocked"), and
+        # every observed lift wait (lift, seconds): the twin's KPI report reads them.
+        self.wait_s: dict[str, float] = dict.fromkeys(_WAIT_KINDS, 0.0)
+        self.lift_wait_log: list[tuple[str, float]] = []
+        self.deadlocks_resolved = 0
+        self.deadlocks_unresolved = 0
+        self._stuck: set[str] = set()  # deadlocked cycles already alerted
+        self._resolving = False
+        self.session_errors: list[str] = []  # lift-session bookkeeping that went wrong
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        for lane in building.lanes:
+            self._lanes[(lane.start, lane.end)] = lane
+            if lane.bidirectional:
+                self._lanes[(lane.end, lane.start)] = lane
         # Observed lift waits replace the map's nominal ones in the travel times we plan with.
         self.lift_waits = LiftWaitEstimator.for_building(building)
         self.step_log: list[m.StepRecord] = []
@@ -237,6 +294,12 @@ class FleetCore:
             self._lift_report(msg)
         elif isinstance(msg, m.ControllerHello):
             self._controller_hello(msg)
+        elif isinstance(msg, m.FireAlarm):
+            self._fire_alarm(msg)
+        elif isinstance(msg, m.RequestAck):
+            self._request_ack(msg)
+        elif isinstance(msg, m.OperatorCommand):
+            self._operator(msg)
         elif isinstance(msg, m.Tick):
             self._tick()
         return None
@@ -518,6 +581,21 @@ class FleetCore:
         elif old is not None and old.in_lift:
             # It was held for this robot, which now says it is out of the car.
             self._release(old, f"lift:{old.in_lift}")
+        # What it held before is no longer where it is: keep only the car it stands in, and
+        # take the node it stands on (it is there, whoever else was promised it).
+        keep = [lift_resource(msg.in_lift)] if msg.in_lift else []
+        self._grant(self.traffic.release_all(msg.robot_id, keep=keep))
+        node_res = self.resources.node_resource(msg.node)
+        if node_res and not msg.in_lift and not self.traffic.hold(msg.robot_id, node_res):
+            others = [h for h in self.traffic.holders(node_res) if h != msg.robot_id]
+            self._alert(
+                "ROBOT_ON_HELD_NODE",
+                m.AlertSeverity.WARNING,
+                msg.robot_id,
+                f"{msg.robot_id} reports standing on {msg.node}, held by {', '.join(others)}",
+                (msg.robot_id, *others),
+            )
+        self._unblock(msg.robot_id)
         self._request_replan()
 
     def _recover_from_lift(self, run: _RobotRun, old: _RobotRun | None, lift: str) -> None:
@@ -557,9 +635,11 @@ class FleetCore:
             )
             r.mode = RobotMode.FAULT
             self.store.upsert_robot(r)
+            self._block(run, "fault: " + "; ".join(msg.errors))
         elif msg.mode is not RobotMode.FAULT and r.mode is RobotMode.FAULT:
             r.mode = RobotMode.IDLE
             self.store.upsert_robot(r)
+            self._unblock(r.id)
             self._request_replan()
 
     def _live_robot(self, robot_id: str) -> _RobotRun:
@@ -584,6 +664,7 @@ class FleetCore:
             self._abandon_work(run, f"step failed: {msg.detail}", fail_onboard=True)
             run.robot.mode = RobotMode.FAULT
             self.store.upsert_robot(run.robot)
+            self._block(run, f"step failed: {msg.detail}")
             return
         run.in_flight = None
         self._step_done(run, step, msg.node)
@@ -599,6 +680,9 @@ class FleetCore:
         elif step.kind is StepKind.LIFT_EXIT:
             robot.node = step.to_node
             run.in_lift = ""
+            sid = run.sessions.get(lift_resource(step.lift), "")
+            if sid:
+                self._session_move(sid, SessionState.EXITED, f"out at {step.level}")
         elif step.kind is StepKind.PICKUP:
             for oid in step.order_ids:
                 order = self.orders[oid]
@@ -622,6 +706,12 @@ class FleetCore:
         self._log(run, step.describe(), step.kind.value, step)
         if run.steps and run.steps[0] is step:
             run.steps.popleft()
+        if step.kind is StepKind.LIFT_ENTER:
+            sid = run.sessions.get(lift_resource(step.lift), "")
+            if sid:
+                self._session_move(sid, SessionState.ENTERED, "robot in the car")
+        if step.kind in (StepKind.MOVE, StepKind.LIFT_ENTER, StepKind.LIFT_EXIT):
+            self._release_behind(run)
 
     def _log(self, run: _RobotRun, what: str, kind: str, step: Step | None = None) -> None:
         self.step_log.append(
@@ -639,7 +729,7 @@ class FleetCore:
     def _advance(self, run: _RobotRun) -> None:
         """Start whatever the robot should do next, until it must wait for someone."""
         robot = run.robot
-        while run.connected and robot.mode not in (RobotMode.FAULT, RobotMode.PAUSED):
+        while run.connected and not run.paused and robot.mode is not RobotMode.FAULT:
             if run.in_flight is not None or run.waiting is not None:
                 return
             if not run.steps:
@@ -657,6 +747,10 @@ class FleetCore:
                     run.steps.popleft()  # everything it was to load was cancelled
                     continue
             if step.kind.robot_side:
+                if not self._claim(run, step):
+                    return
+                if step.kind is StepKind.LIFT_ENTER and not self._may_enter(run, step):
+                    continue
                 step_id = next(run.step_ids)
                 run.in_flight = (step_id, step)
                 session = run.sessions.get(f"lift:{step.lift}", "") if step.lift else ""
@@ -887,51 +981,87 @@ class FleetCore:
         """Do a dispatcher-side step, or set what the robot waits for."""
         rid = run.robot.id
         if step.kind is StepKind.DOOR_OPEN:
-            res = f"door:{step.door}"
-            if self.reservations.request(res, rid):
+            res = door_resource(step.door)
+            # The door and what lies beyond it in one request: a robot holding a door open
+            # while it waits for the corridor behind it would block both.
+            nxt = run.steps[1] if len(run.steps) > 1 else None
+            need = [res, *(self._needs(run, nxt, 1) if nxt is not None else ())]
+            if self._request(run, need):
                 self._open_door(run, step.door)
             else:
-                run.waiting = _Wait("door_queue", res)
+                self._start_wait(run, _Wait("door_queue", res))
         elif step.kind is StepKind.DOOR_CLOSE:
-            self._release(run, f"door:{step.door}")
+            self._release(run, door_resource(step.door))
             self._finish_dispatcher_step(run, step)
         elif step.kind is StepKind.LIFT_CALL:
             run.lift_called_at = self.clock.now()
-            res = f"lift:{step.lift}"
-            if self.reservations.request(res, rid):
+            res = lift_resource(step.lift)
+            if self._request(run, [res]):
                 self._call_lift(run, step.lift, step.level)
             else:
-                run.waiting = _Wait("lift_queue", res, level=step.level)
+                self._start_wait(run, _Wait("lift_queue", res, level=step.level))
         elif step.kind is StepKind.LIFT_RIDE:
-            sid = run.sessions[f"lift:{step.lift}"]
-            run.waiting = _Wait("lift_at", f"lift:{step.lift}", step.to_level, sid)
+            res = lift_resource(step.lift)
+            sid = run.sessions[res]
+            self._start_wait(run, _Wait("lift_at", res, step.to_level, sid))
+            self._session_move(sid, SessionState.RIDING, f"to {step.to_level}")
             self._outbox.append(
-                m.LiftCommand(step.lift, m.LiftAction.GO_TO, sid, rid, step.to_level)
+                m.LiftCommand(step.lift, m.LiftAction.GO_TO, sid, rid, step.to_level, self._lease_s)
             )
         elif step.kind is StepKind.LIFT_RELEASE:
-            self._release(run, f"lift:{step.lift}")
+            sid = run.sessions.get(lift_resource(step.lift), "")
+            if sid:
+                self._session_move(sid, SessionState.RELEASED, "ride done")
+            self._release(run, lift_resource(step.lift))
             self._finish_dispatcher_step(run, step)
+        elif step.kind is StepKind.REROUTE:
+            self._finish_dispatcher_step(run, step)
+            self._reroute(run, step.note or "continuing after a detour")
         else:  # pragma: no cover - robot-side kinds never get here
             raise AssertionError(step.kind)
 
     def _finish_dispatcher_step(self, run: _RobotRun, step: Step) -> None:
-        run.waiting = None
-        self._log(run, step.describe(), step.kind.value, step)
+        self._end_wait(run)
+        if step.kind is not StepKind.REROUTE:
+            self._log(run, step.describe(), step.kind.value, step)
         if run.steps and run.steps[0] is step:
             run.steps.popleft()
 
+    @property
+    def _lease_s(self) -> float:
+        return self.config.lift_lease_s
+
     def _open_door(self, run: _RobotRun, door: str) -> None:
-        sid = self._new_session(run, f"door:{door}")
-        run.waiting = _Wait("door_open", f"door:{door}", session_id=sid)
+        sid = self._new_session(run, door_resource(door))
+        self._start_wait(run, _Wait("door_open", door_resource(door), session_id=sid))
         self._outbox.append(m.DoorCommand(door, m.DoorAction.OPEN, sid, run.robot.id))
         state = self.doors[door]
         if state.mode is m.DoorMode.OPEN and state.session_id == sid:
             self._door_ready(run)
 
     def _call_lift(self, run: _RobotRun, lift: str, level: str) -> None:
-        sid = run.sessions.get(f"lift:{lift}") or self._new_session(run, f"lift:{lift}")
-        run.waiting = _Wait("lift_at", f"lift:{lift}", level, sid)
-        self._outbox.append(m.LiftCommand(lift, m.LiftAction.CALL, sid, run.robot.id, level))
+        res = lift_resource(lift)
+        sid = run.sessions.get(res) or self._new_session(run, res)
+        self._start_wait(run, _Wait("lift_at", res, level, sid))
+        to_level = next((s.to_level for s in run.steps if s.kind is StepKind.LIFT_RIDE), level)
+        if to_level != level:  # not a car brought to a robot stuck in it after a restart
+            try:
+                self.lift_sessions.open(
+                    sid,
+                    lift,
+                    run.robot.id,
+                    level,
+                    to_level,
+                    self.clock.now(),
+                    self._lease_s or 1e9,  # no lease: the book needs one, never due
+                )
+            except ValueError as exc:
+                # Bookkeeping went wrong (a second live session of the robot): say so rather
+                # than stop the dispatcher.
+                self.session_errors.append(str(exc))
+        self._outbox.append(
+            m.LiftCommand(lift, m.LiftAction.CALL, sid, run.robot.id, level, self._lease_s)
+        )
 
     def _release(self, run: _RobotRun, resource: str) -> None:
         """Give a door or lift back and start the next robot waiting for it."""
@@ -941,24 +1071,136 @@ class FleetCore:
             if kind == "door":
                 self._outbox.append(m.DoorCommand(name, m.DoorAction.CLOSE, sid, run.robot.id))
             else:
+                session = self.lift_sessions.get(sid)
+                if session is not None and session.live:
+                    self._session_move(sid, SessionState.CANCELLED, "given up")
                 self._outbox.append(m.LiftCommand(name, m.LiftAction.RELEASE, sid, run.robot.id))
-        for holder in self.reservations.release(resource, run.robot.id):
-            self._granted(self.robots[holder], resource)
+        self._grant(self.traffic.release(run.robot.id, [resource]))
 
-    def _granted(self, run: _RobotRun, resource: str) -> None:
+    def _grant(self, holders: Sequence[str]) -> None:
+        """Start robots whose waiting request was just granted."""
+        for holder in holders:
+            run = self.robots.get(holder)
+            if run is not None:
+                self._granted(run)
+
+    def _granted(self, run: _RobotRun) -> None:
         wait = run.waiting
-        if wait is None or wait.resource != resource:
+        if wait is None:
             return
-        kind, _, name = resource.partition(":")
-        if kind == "door":
+        name = wait.resource.partition(":")[2]
+        if wait.kind == "door_queue":
+            self._end_wait(run)
             self._open_door(run, name)
-        else:
+        elif wait.kind == "lift_queue":
+            self._end_wait(run)
             self._call_lift(run, name, wait.level)
+        elif wait.kind == "traffic":
+            self._end_wait(run)
+            self._advance(run)
 
     def _door_ready(self, run: _RobotRun) -> None:
         step = run.steps[0]
         self._finish_dispatcher_step(run, step)
         self._advance(run)
+
+    # ---- waits -----------------------------------------------------------------------------
+
+    def _start_wait(self, run: _RobotRun, wait: _Wait) -> None:
+        self._end_wait(run)
+        wait.since = self.clock.now()
+        run.waiting = wait
+        if wait.kind in ("traffic", "door_queue", "lift_queue"):
+            self._resolve_deadlocks()
+
+    def _end_wait(self, run: _RobotRun) -> None:
+        """Count the wait that ends (lift rides are not waits) and clear it."""
+        wait, run.waiting = run.waiting, None
+        if wait is None:
+            return
+        waited = self.clock.now() - wait.since
+        if wait.kind.startswith("door"):
+            self.wait_s["door"] += waited
+        elif wait.kind == "lift_queue" or (wait.kind == "lift_at" and not run.in_lift):
+            self.wait_s["lift"] += waited
+        elif wait.kind in ("traffic", "blocked"):
+            self.wait_s[wait.kind] += waited
+
+    def _needs(self, run: _RobotRun, step: Step, index: int) -> list[str]:
+        """The exclusive lanes, zones and nodes `step` (at `index` in the robot's steps) needs
+        before the robot may start it. Entering a zone claims the whole way through it and
+        the node where it comes out, so a robot never stops inside a one-at-a-time corridor."""
+        if step.kind is StepKind.LIFT_EXIT:
+            node = self.resources.node_resource(step.to_node)
+            return [node] if node else []
+        if step.kind is not StepKind.MOVE:
+            return []
+        need: list[str] = []
+        lane = self.resources.lane_resource(step.from_node, step.to_node)
+        if lane:
+            need.append(lane)
+        node = self.resources.node_resource(step.to_node)
+        if node:
+            need.append(node)
+        if lane and lane.startswith("zone:") and lane not in self.traffic.held_by(run.robot.id):
+            for later in itertools.islice(run.steps, index + 1, None):
+                if later.kind in (StepKind.DOOR_OPEN, StepKind.DOOR_CLOSE):
+                    continue
+                if (
+                    later.kind is not StepKind.MOVE
+                    or self.resources.lane_resource(later.from_node, later.to_node) != lane
+                ):
+                    break
+                node = self.resources.node_resource(later.to_node)
+                if node and node not in need:
+                    need.append(node)
+        return need
+
+    def _request(self, run: _RobotRun, need: Sequence[str]) -> bool:
+        """Ask for `need` all at once; robots a replaced request lets through start."""
+        granted, others = self.traffic.submit(run.robot.id, need, self.clock.now())
+        self._grant(others)
+        return granted
+
+    def _claim(self, run: _RobotRun, step: Step) -> bool:
+        """Reserve what `step` needs ahead of the robot; False (the robot waits) when another
+        robot holds it or is earlier in line for it."""
+        need = self._needs(run, step, 0)
+        if not need or self._request(run, need):
+            return True
+        self._start_wait(run, _Wait("traffic", ",".join(need)))
+        return False
+
+    def _release_behind(self, run: _RobotRun) -> None:
+        """Free the lanes, zones and nodes the robot has left behind. It keeps the node it
+        stands on and, inside a zone, the zone and its nodes ahead."""
+        rid = run.robot.id
+        keep: set[str] = set()
+        if not run.in_lift:
+            node = self.resources.node_resource(run.robot.node)
+            if node:
+                keep.add(node)
+            nxt = next(
+                (
+                    (i, s)
+                    for i, s in enumerate(run.steps)
+                    if s.kind not in (StepKind.DOOR_OPEN, StepKind.DOOR_CLOSE)
+                ),
+                None,
+            )
+            if nxt is not None and nxt[1].kind is StepKind.MOVE:
+                lane = self.resources.lane_resource(nxt[1].from_node, nxt[1].to_node)
+                if lane and lane.startswith("zone:") and lane in self.traffic.held_by(rid):
+                    keep.add(lane)
+                    held = set(self.traffic.held_by(rid))
+                    keep.update(r for r in held if r.startswith("node:"))
+        behind = [
+            r
+            for r in self.traffic.held_by(rid)
+            if r.startswith(("node:", "lane:", "zone:")) and r not in keep
+        ]
+        if behind:
+            self._grant(self.traffic.release(rid, behind))
 
     # ---- infrastructure ------------------------------------------------------------------
 
@@ -974,10 +1216,27 @@ class FleetCore:
         state = self.doors.get(msg.door_id)
         if state is None:
             raise InvalidArgument("door_id", f"unknown door {msg.door_id!r}")
-        state.mode, state.session_id = msg.mode, msg.session_id
+        state.mode, state.session_id, state.fault = msg.mode, msg.session_id, msg.fault
+        key = door_resource(msg.door_id)
+        if msg.mode in (m.DoorMode.BLOCKED, m.DoorMode.FAULT, m.DoorMode.OFFLINE):
+            why = f"door {msg.door_id} {msg.mode.value.lower()}" + (
+                f": {msg.fault}" if msg.fault else ""
+            )
+            if self.closures.faults.get(key) != why:
+                self.closures.faults[key] = why
+                users = self._robots_using(door=msg.door_id)
+                self._alert(
+                    f"DOOR_{msg.mode.value}", m.AlertSeverity.WARNING, msg.door_id, why, users
+                )
+                self._apply_closures(why)
+            return
+        if key in self.closures.faults and msg.mode in (m.DoorMode.CLOSED, m.DoorMode.OPEN):
+            del self.closures.faults[key]
+            self._clear_alerts(msg.door_id, prefix="DOOR_")
+            self._apply_closures(f"door {msg.door_id} back in service")
         if msg.mode is not m.DoorMode.OPEN:
             return
-        for holder in self.reservations.holders(f"door:{msg.door_id}"):
+        for holder in self.traffic.holders(key):
             run = self.robots[holder]
             w = run.waiting
             if w and w.kind == "door_open" and w.session_id == msg.session_id:
@@ -987,13 +1246,38 @@ class FleetCore:
         state = self.lifts.get(msg.lift_id)
         if state is None:
             raise InvalidArgument("lift_id", f"unknown lift {msg.lift_id!r}")
+        now = self.clock.now()
         state.level, state.door, state.mode = msg.level, msg.door, msg.mode
-        state.session_id = msg.session_id
+        state.session_id, state.fault, state.reported_at = msg.session_id, msg.fault, now
+        key = lift_resource(msg.lift_id)
+        down = msg.mode in (m.LiftMode.OUT_OF_SERVICE, m.LiftMode.FIRE_RECALL, m.LiftMode.OFFLINE)
+        if down:
+            why = f"lift {msg.lift_id} {msg.mode.value.lower().replace('_', ' ')}" + (
+                f": {msg.fault}" if msg.fault else ""
+            )
+            if self.closures.faults.get(key) != why:
+                self.closures.faults[key] = why
+                users = self._robots_using(lift=msg.lift_id)
+                self._alert(
+                    f"LIFT_{msg.mode.value}", m.AlertSeverity.WARNING, msg.lift_id, why, users
+                )
+                self._apply_closures(why)
+        elif key in self.closures.faults:
+            del self.closures.faults[key]
+            self._clear_alerts(msg.lift_id, prefix="LIFT_")
+            self._apply_closures(f"lift {msg.lift_id} back in service")
+        session = self.lift_sessions.get(msg.session_id) if msg.session_id else None
+        if session is not None and session.state is SessionState.REQUESTED:
+            self._session_move(session.id, SessionState.ASSIGNED, "car serves the session")
         if msg.door is not m.LiftDoorState.OPEN:
             return
-        for holder in self.reservations.holders(f"lift:{msg.lift_id}"):
+        for holder in self.traffic.holders(key):
             run = self.robots[holder]
             w = run.waiting
+            if msg.mode is m.LiftMode.FIRE_RECALL and run.in_lift == msg.lift_id:
+                if w and w.session_id == msg.session_id:
+                    self._recall_exit(run, msg.lift_id, msg.level)
+                continue
             if (
                 w
                 and w.kind == "lift_at"
@@ -1004,9 +1288,39 @@ class FleetCore:
                 self._finish_dispatcher_step(run, step)
                 if step.kind is StepKind.LIFT_RIDE:
                     run.robot.level = msg.level
+                    self._session_move(w.session_id, SessionState.ARRIVED, f"at {msg.level}")
                 elif step.kind is StepKind.LIFT_CALL:
+                    self._session_move(w.session_id, SessionState.AT_FLOOR, f"at {msg.level}")
                     self._learn_lift_wait(run, msg.lift_id)
                 self._advance(run)
+
+    def _recall_exit(self, run: _RobotRun, lift: str, level: str) -> None:
+        """Fire recall with the robot in the car: it gets out where the car stopped and its
+        route is rebuilt from there."""
+        lobby = self.building.lifts[lift].lobbies[level]
+        rest = list(run.steps)
+        cut = next((i for i, s in enumerate(rest) if s.kind is StepKind.LIFT_RELEASE), -1)
+        rest = rest[cut + 1 :]
+        final = [s for s in rest if s.kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE)]
+        self._end_wait(run)
+        run.steps = deque(
+            [
+                Step(StepKind.LIFT_EXIT, lift=lift, level=level, to_node=lobby),
+                Step(StepKind.LIFT_RELEASE, lift=lift, level=level),
+                *(
+                    [
+                        Step(StepKind.REROUTE, note=f"fire recall: out of {lift} at {level}"),
+                        final[-1],
+                    ]
+                    if final
+                    else []
+                ),
+            ]
+        )
+        sid = run.sessions.get(lift_resource(lift), "")
+        self._session_move(sid, SessionState.ARRIVED, "fire recall", level=level)
+        self._log(run, f"fire recall: leaves {lift} at {level}", "LIFT_RECALL")
+        self._advance(run)
 
     def _learn_lift_wait(self, run: _RobotRun, lift: str) -> None:
         """Count the wait from the robot's call (queueing for the car included) to the car
@@ -1014,9 +1328,509 @@ class FleetCore:
         called_at, run.lift_called_at = run.lift_called_at, None
         if called_at is None:
             return  # a car brought to a robot stuck in it after a restart: not a real call
-        self.lift_waits.observe(lift, self.clock.now() - called_at)
+        waited = self.clock.now() - called_at
+        self.lift_wait_log.append((lift, waited))
+        self.lift_waits.observe(lift, waited)
         if self.graph.set_lift_waits(self.lift_waits.estimates()):
             self._request_replan()
+
+    # ---- lift sessions ---------------------------------------------------------------------
+
+    def _session_move(
+        self, sid: str, state: SessionState, why: str, *, level: str | None = None
+    ) -> None:
+        """Move a lift session on; a move the lifecycle forbids is recorded, never fatal.
+        `level` (ARRIVED only): a fire recall let the robot out there."""
+        if not sid or self.lift_sessions.get(sid) is None:
+            return
+        try:
+            if level is None:
+                self.lift_sessions.move(sid, state, self.clock.now(), why)
+            else:
+                self.lift_sessions.move(
+                    sid, state, self.clock.now(), why, level=level, recalled=True
+                )
+        except IllegalSessionTransition as exc:
+            self.session_errors.append(str(exc))
+
+    def _may_enter(self, run: _RobotRun, step: Step) -> bool:
+        """Whether the robot may drive into the car now: its own live session, the car at its
+        level with the door open, on a fresh report. Otherwise it calls the car again."""
+        state = self.lifts[step.lift]
+        why = self.lift_sessions.may_enter(
+            run.robot.id,
+            step.lift,
+            step.level,
+            reported_session=state.session_id,
+            reported_level=state.level,
+            door_open=state.door is m.LiftDoorState.OPEN,
+            report_age_s=self.clock.now() - state.reported_at,
+            max_age_s=self.config.lift_state_max_age_s,
+        )
+        if not why:
+            return True
+        self._log(run, f"not entering {step.lift}: {why}; calling it again", "LIFT_RECALL")
+        res = lift_resource(step.lift)
+        sid = run.sessions.pop(res, "")
+        session = self.lift_sessions.get(sid) if sid else None
+        if session is not None and session.live:
+            self._session_move(sid, SessionState.CANCELLED, why)
+        if sid:
+            self._outbox.append(m.LiftCommand(step.lift, m.LiftAction.RELEASE, sid, run.robot.id))
+        call = Step(StepKind.LIFT_CALL, lift=step.lift, level=step.level, from_node=step.from_node)
+        run.steps.appendleft(call)
+        return False
+
+    def _request_ack(self, msg: m.RequestAck) -> None:
+        """A controller accepted or refused a request. A refused lift session that is still
+        ours is called again (lease expired) or routed around (car not in service); a refused
+        door is routed around until the door reports itself in order again."""
+        if msg.accepted:
+            session = self.lift_sessions.get(msg.session_id)
+            if session is not None and session.state is SessionState.REQUESTED:
+                self._session_move(msg.session_id, SessionState.ASSIGNED, "controller accepted")
+            return
+        owner = next(
+            (r for r in self.robots.values() if msg.session_id in r.sessions.values()), None
+        )
+        if owner is None:
+            return  # a session we already gave up
+        resource = next(k for k, v in owner.sessions.items() if v == msg.session_id)
+        kind, _, name = resource.partition(":")
+        why = f"{kind} {name} refused {owner.robot.id}: {msg.reason or 'no reason given'}"
+        self._log(owner, why, "REFUSED")
+        if kind == "lift":
+            expired = "lease" in msg.reason.lower()
+            self._session_move(
+                msg.session_id,
+                SessionState.EXPIRED if expired else SessionState.CANCELLED,
+                msg.reason,
+            )
+            if owner.in_lift == name:
+                self._alert(
+                    "LIFT_REFUSED_RIDER", m.AlertSeverity.CRITICAL, name, why, (owner.robot.id,)
+                )
+                return
+            owner.sessions.pop(resource, None)
+            w = owner.waiting
+            if expired and w is not None and w.kind == "lift_at" and w.resource == resource:
+                # The car was freed under us: ask again, with a new session.
+                self._call_lift(owner, name, w.level)
+                return
+            if not expired:
+                self.closures.faults.setdefault(resource, why)
+                self._alert("LIFT_REFUSED", m.AlertSeverity.WARNING, name, why, (owner.robot.id,))
+                self._apply_closures(why)
+            self._reroute(owner, why)
+            self._advance(owner)
+        else:
+            self.closures.faults.setdefault(resource, why)
+            self._alert("DOOR_REFUSED", m.AlertSeverity.WARNING, name, why, (owner.robot.id,))
+            self._apply_closures(why)
+            self._reroute(owner, why)
+            self._advance(owner)
+
+    # ---- closures, re-routing, deadlocks ---------------------------------------------------
+
+    def _apply_closures(self, why: str) -> None:
+        """Tell the graph what is closed; if travel changed, re-plan and re-route every robot
+        whose way is affected (and retry those that had no way)."""
+        c = self.closures
+        doors = c.of("door")
+        if c.fire_alarm:
+            doors |= {n for n, d in self.building.doors.items() if d.kind is DoorKind.FIRE}
+        changed = self.graph.set_closed(
+            lanes=c.of("lane"), doors=doors, lifts=c.of("lift"), nodes=c.of("node")
+        )
+        if not changed:
+            return
+        self._request_replan()
+        for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
+            if not run.connected or run.paused:
+                continue
+            w = run.waiting
+            if (w is not None and w.kind == "blocked") or self._way_closed(run):
+                self._reroute(run, why)
+                self._advance(run)
+
+    def _way_closed(self, run: _RobotRun) -> bool:
+        """Whether the robot's remaining steps use a lane, door, lift or node now closed."""
+        closed = self.graph.closed
+        for step in run.steps:
+            if step.kind is StepKind.MOVE:
+                lane = self._lanes.get((step.from_node, step.to_node))
+                if (
+                    (lane is not None and lane.name in closed.lanes)
+                    or (step.door and step.door in closed.doors)
+                    or step.to_node in closed.nodes
+                ):
+                    return True
+            elif step.lift and step.lift in closed.lifts and run.in_lift != step.lift:
+                return True
+        return False
+
+    def _reroute(self, run: _RobotRun, why: str) -> None:
+        """Rebuild the route to the robot's current stop from where it is now. A robot in a
+        car or mid-step re-routes once that is done; one with no way left waits, blocked,
+        with an alert, until a closure lifts."""
+        if run.in_lift or run.in_flight is not None:
+            steps = list(run.steps)
+            if run.in_lift:
+                at = next((i for i, s in enumerate(steps) if s.kind is StepKind.LIFT_RELEASE), -1)
+            else:
+                at = 0
+            if at >= 0 and not (at + 1 < len(steps) and steps[at + 1].kind is StepKind.REROUTE):
+                steps.insert(at + 1, Step(StepKind.REROUTE, note=why))
+                run.steps = deque(steps)
+            return
+        robot = run.robot
+        final = (
+            run.steps[-1]
+            if run.steps
+            and run.steps[-1].kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE)
+            else None
+        )
+        self._drop_waits(run)
+        if final is None:
+            run.steps.clear()
+            return
+        caps = robot.capabilities
+        try:
+            route = self.graph.route(robot.node, final.to_node, caps.flow, caps.max_speed_m_s)
+        except NoRoute:
+            run.steps = deque([final])
+            self._start_wait(run, _Wait("blocked", why))
+            self._log(run, f"no way to {final.to_node}: waits ({why})", "BLOCKED")
+            self._alert(
+                "ROBOT_BLOCKED",
+                m.AlertSeverity.WARNING,
+                robot.id,
+                f"{robot.id} has no way to {final.to_node} ({why}); it waits where it is",
+                (robot.id,),
+            )
+            return
+        if self._active_alerts.get(("ROBOT_BLOCKED", robot.id)) is not None:
+            self._clear_alerts(robot.id, prefix="ROBOT_BLOCKED")
+        run.steps = deque([*steps_for_route(route, self._speed_limits), final])
+        self._log(run, f"re-routed to {final.to_node} ({why})", "REROUTE")
+
+    def _drop_waits(self, run: _RobotRun) -> None:
+        """Give up what the robot waits for and the doors and cars it holds on the floor, and
+        the lanes and nodes ahead; it keeps the node it stands on."""
+        rid = run.robot.id
+        self._end_wait(run)
+        self._grant(self.traffic.cancel(rid))
+        for resource in list(run.sessions):
+            if resource != lift_resource(run.in_lift):
+                self._release(run, resource)
+        keep = [r for r in (self.resources.node_resource(run.robot.node),) if r]
+        if run.in_lift:
+            keep.append(lift_resource(run.in_lift))
+        self._grant(self.traffic.release_all(rid, keep=keep))
+
+    def _robots_using(self, *, lift: str = "", door: str = "") -> tuple[str, ...]:
+        """Robots whose remaining steps use the lift or door."""
+        return tuple(
+            sorted(
+                run.robot.id
+                for run in self.robots.values()
+                if any((lift and s.lift == lift) or (door and s.door == door) for s in run.steps)
+            )
+        )
+
+    def _block(self, run: _RobotRun, why: str) -> None:
+        """A dead robot blocks the exclusive node, lane or zone it stopped on: routes avoid it
+        until it is back."""
+        held = [
+            r
+            for r in self.traffic.held_by(run.robot.id)
+            if r.startswith(("node:", "lane:", "zone:"))
+            or (run.in_lift and r == lift_resource(run.in_lift))
+        ]
+        if not held:
+            return
+        for res in held:
+            kind, _, name = res.partition(":")
+            if kind == "zone":
+                for lane in self.building.lanes:
+                    if lane.zone == name:
+                        self.closures.blocked[f"lane:{lane.name}"] = run.robot.id
+            else:
+                self.closures.blocked[res] = run.robot.id
+        self._alert(
+            "ROBOT_BLOCKING",
+            m.AlertSeverity.CRITICAL,
+            run.robot.id,
+            f"{run.robot.id} stopped on {', '.join(held)} ({why}); robots are routed around it",
+            (run.robot.id,),
+        )
+        self._apply_closures(f"{run.robot.id} blocks {', '.join(held)}")
+
+    def _unblock(self, robot_id: str) -> None:
+        gone = [k for k, v in self.closures.blocked.items() if v == robot_id]
+        if not gone:
+            return
+        for key in gone:
+            del self.closures.blocked[key]
+        self._clear_alerts(robot_id, prefix="ROBOT_BLOCKING")
+        self._apply_closures(f"{robot_id} no longer blocks the way")
+
+    def _resolve_deadlocks(self) -> None:
+        """Break every cycle of robots waiting for each other: one of them backs off to a
+        holding point, then re-routes. An idle robot in the way is moved aside the same way."""
+        if self._resolving:
+            return  # a back-off's own requests: the outer call (or the next tick) looks again
+        self._resolving = True
+        try:
+            self._break_cycles()
+        finally:
+            self._resolving = False
+
+    def _break_cycles(self) -> None:
+        for cycle in self.traffic.deadlocks():
+            victims = sorted(
+                (self.robots[h] for h in cycle if h in self.robots),
+                key=lambda r: (-(r.waiting.since if r.waiting else -math.inf), r.robot.id),
+            )
+            for run in victims:
+                if self._back_off(
+                    run, "deadlock with " + ", ".join(c for c in cycle if c != run.robot.id)
+                ):
+                    self.deadlocks_resolved += 1
+                    break
+            else:
+                key = ",".join(cycle)
+                if key not in self._stuck:
+                    self._stuck.add(key)
+                    self.deadlocks_unresolved += 1
+                    self._alert(
+                        "DEADLOCK",
+                        m.AlertSeverity.CRITICAL,
+                        key,
+                        f"robots {key} wait for each other and none can back off",
+                        tuple(cycle),
+                    )
+
+    def _clear_the_way(self) -> None:
+        """An idle robot standing on an exclusive node another robot waits for moves aside."""
+        for rid in self.traffic.waiters():
+            for holder in sorted(self.traffic.blockers(rid)):
+                run = self.robots.get(holder)
+                if (
+                    run is not None
+                    and run.connected
+                    and not run.paused
+                    and run.robot.mode is not RobotMode.FAULT
+                    and run.current_stop is None
+                    and run.in_flight is None
+                    and run.waiting is None
+                    and not run.steps
+                    and not run.future
+                    and not run.in_lift
+                ):
+                    self._back_off(run, f"making way for {rid}")
+
+    def _back_off(self, run: _RobotRun, why: str) -> bool:
+        """Send the robot to the nearest holding point it can reach over lanes and nodes no
+        other robot holds; its stop's route is rebuilt from there. False when there is none."""
+        if not run.connected or run.in_lift or run.in_flight is not None or run.paused:
+            return False
+        robot = run.robot
+        caps = robot.capabilities
+        rid = robot.id
+        options = []
+        for hp in self.building.holding_points:
+            if hp == robot.node:
+                continue
+            t = self.graph.travel_time(robot.node, hp, caps.flow, caps.max_speed_m_s)
+            if math.isfinite(t):
+                options.append((t, hp))
+        for _, hp in sorted(options)[:12]:
+            route = self.graph.route(robot.node, hp, caps.flow, caps.max_speed_m_s)
+            if any(not isinstance(leg, LaneLeg) for leg in route.legs):
+                continue
+            needs: list[str] = []
+            for leg in route.legs:
+                assert isinstance(leg, LaneLeg)
+                needs += [
+                    r
+                    for r in (
+                        self.resources.lane_resource(leg.start, leg.end),
+                        self.resources.node_resource(leg.end),
+                    )
+                    if r
+                ]
+                if leg.door:
+                    needs.append(door_resource(leg.door))
+            wanted = {
+                r for w in self.traffic.waiters() if w != rid for r in self.traffic.waiting_for(w)
+            }
+            if any(h != rid for r in needs for h in self.traffic.holders(r)) or wanted & set(needs):
+                continue
+            final = (
+                run.steps[-1]
+                if run.steps
+                and run.steps[-1].kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE)
+                else None
+            )
+            self._drop_waits(run)
+            tail = (
+                [Step(StepKind.REROUTE, note=f"after backing off to {hp}"), final]
+                if final is not None
+                else []
+            )
+            run.steps = deque([*steps_for_route(route, self._speed_limits), *tail])
+            self._log(run, f"backs off to {hp}: {why}", "BACK_OFF")
+            self._advance(run)
+            return True
+        return False
+
+    # ---- operator controls and the fire alarm ----------------------------------------------
+
+    def _operator(self, cmd: m.OperatorCommand) -> None:
+        """Pause or resume robots; close or reopen a lane, door or lift. Every plan affected is
+        rebuilt; an alert tells the operations centre what changed."""
+        a, target = cmd.action, cmd.target
+        who = f" by {cmd.operator}" if cmd.operator else ""
+        reason = cmd.reason or "no reason given"
+        if a in (m.OperatorAction.PAUSE_ROBOT, m.OperatorAction.RESUME_ROBOT):
+            if target and target not in self.robots:
+                raise InvalidArgument("target", f"unknown robot {target!r}")
+            runs = (
+                [self.robots[target]]
+                if target
+                else sorted(self.robots.values(), key=lambda r: r.robot.id)
+            )
+            for run in runs:
+                if a is m.OperatorAction.PAUSE_ROBOT:
+                    self._pause(run, f"paused{who}: {reason}")
+                else:
+                    self._resume(run, f"resumed{who}")
+            return
+        kind = a.value.split("_", 1)[1].lower()  # lane, door or lift
+        names = (
+            {lane.name for lane in self.building.lanes}
+            if kind == "lane"
+            else set(self.building.doors if kind == "door" else self.building.lifts)
+        )
+        if not target:
+            raise InvalidArgument("target", f"a {kind} name is required")
+        if target not in names:
+            raise InvalidArgument("target", f"unknown {kind} {target!r}")
+        key = f"{kind}:{target}"
+        code = f"{kind.upper()}_CLOSED_BY_OPERATOR"
+        if a.value.startswith("CLOSE"):
+            self.closures.operator[key] = f"{kind} {target} closed{who}: {reason}"
+            users = (
+                self._robots_using(lift=target)
+                if kind == "lift"
+                else (self._robots_using(door=target) if kind == "door" else ())
+            )
+            self._alert(code, m.AlertSeverity.WARNING, target, self.closures.operator[key], users)
+        elif self.closures.operator.pop(key, None) is not None:
+            self._clear_alerts(target, prefix=code)
+        self._apply_closures(
+            f"{kind} {target} {'closed' if a.value.startswith('CLOSE') else 'reopened'}{who}"
+        )
+
+    def _pause(self, run: _RobotRun, why: str) -> None:
+        if run.paused or not run.connected:
+            return
+        run.paused = True
+        robot = run.robot
+        self._outbox.append(
+            m.SendInstantAction(robot.id, next(self._action_ids), m.InstantKind.PAUSE, why)
+        )
+        self._log(run, why, "PAUSE")
+        if not run.in_lift:
+            # What it has not picked up goes to other robots; what is on board stays with it.
+            now = self.clock.now()
+            stop = run.current_stop
+            if stop is None or stop.kind is not StopKind.DROPOFF:
+                flight = run.in_flight
+                run.steps = deque([flight[1]] if flight is not None else [])
+                run.current_stop = None
+            self._drop_waits(run)
+            run.future = []
+            for order in self.orders.values():
+                if order.robot_id == robot.id and order.state is OrderState.ASSIGNED:
+                    order.move_to(OrderState.PENDING, now, f"robot {robot.id} {why}")
+                    self._mark(order)
+        robot.mode = RobotMode.PAUSED
+        self.store.upsert_robot(robot)
+        self._alert(
+            "ROBOT_PAUSED", m.AlertSeverity.INFO, robot.id, f"{robot.id} {why}", (robot.id,)
+        )
+        self._request_replan()
+
+    def _resume(self, run: _RobotRun, why: str) -> None:
+        if not run.paused:
+            return
+        run.paused = False
+        robot = run.robot
+        robot.mode = RobotMode.BUSY if (run.steps or run.in_flight) else RobotMode.IDLE
+        self.store.upsert_robot(robot)
+        self._outbox.append(
+            m.SendInstantAction(robot.id, next(self._action_ids), m.InstantKind.RESUME, why)
+        )
+        self._log(run, why, "RESUME")
+        self._clear_alerts(robot.id, prefix="ROBOT_PAUSED")
+        self._request_replan()
+        self._advance(run)
+
+    def _fire_alarm(self, msg: m.FireAlarm) -> None:
+        """A fire alarm closes every fire door to robots (none is held open) and, through the
+        lift controllers' recall reports, the lifts; clearing it reopens them."""
+        active = msg.detail or "fire alarm" if msg.active else ""
+        if bool(active) == bool(self.closures.fire_alarm):
+            return
+        self.closures.fire_alarm = active
+        if msg.active:
+            fire = {n for n, d in self.building.doors.items() if d.kind is DoorKind.FIRE}
+            self._alert(
+                "FIRE_ALARM",
+                m.AlertSeverity.CRITICAL,
+                msg.controller_id or "building",
+                f"fire alarm: {active}; fire doors {', '.join(sorted(fire)) or '(none)'} closed",
+                tuple(sorted({r for d in fire for r in self._robots_using(door=d)})),
+            )
+        else:
+            self._clear_alerts(msg.controller_id or "building", prefix="FIRE_ALARM")
+        self._apply_closures(f"fire alarm {'on' if msg.active else 'cleared'}")
+
+    # ---- alerts --------------------------------------------------------------------------
+
+    def _alert(
+        self,
+        code: str,
+        severity: m.AlertSeverity,
+        subject: str,
+        message: str,
+        robots: Sequence[str] = (),
+    ) -> None:
+        key = (code, subject)
+        active = self._active_alerts.get(key)
+        if active is not None and active.message == message:
+            return
+        alert = m.Alert(self.clock.now(), code, severity, subject, message, tuple(robots))
+        self._active_alerts[key] = alert
+        self.alerts.append(alert)
+        self._outbox.append(alert)
+
+    def _clear_alerts(self, subject: str, prefix: str) -> None:
+        for key in sorted(
+            k for k in self._active_alerts if k[1] == subject and k[0].startswith(prefix)
+        ):
+            was = self._active_alerts.pop(key)
+            alert = dataclasses.replace(
+                was, at=self.clock.now(), message=f"cleared: {was.message}", cleared=True
+            )
+            self.alerts.append(alert)
+            self._outbox.append(alert)
+
+    def active_alerts(self) -> list[m.Alert]:
+        """Alerts raised and not cleared, oldest first."""
+        return sorted(self._active_alerts.values(), key=lambda a: a.at)
 
     # ---- faults and time -----------------------------------------------------------------
 
@@ -1042,6 +1856,15 @@ class FleetCore:
         ):
             self._held.clear()
             self._request_replan()  # a station opened: its waiting orders can be planned
+        for session in self.lift_sessions.due_for_renewal(now):
+            self.lift_sessions.renew(session.id, now)
+            self._outbox.append(
+                m.LiftCommand(
+                    session.lift, m.LiftAction.RENEW, session.id, session.robot, "", self._lease_s
+                )
+            )
+        self._clear_the_way()
+        self._resolve_deadlocks()
         # Robots given work by an insertion start here if no plan has started them since; an
         # idle robot at a charger starts topping up once it has reported its battery.
         for run in sorted(self.robots.values(), key=lambda r: r.robot.id):
@@ -1072,11 +1895,12 @@ class FleetCore:
         run.robot.mode = RobotMode.OFFLINE
         self._log(run, f"offline: {why}", "OFFLINE")
         self.store.upsert_robot(run.robot)
+        self._block(run, f"offline: {why}")
 
     def _abandon_work(self, run: _RobotRun, reason: str, fail_onboard: bool) -> None:
         """Stop a robot's work: its resources go back, its unpicked orders to other robots."""
         now = self.clock.now()
-        kept = f"lift:{run.in_lift}" if run.in_lift else ""
+        kept = lift_resource(run.in_lift) if run.in_lift else ""
         for resource in list(run.sessions):
             if resource != kept:
                 self._release(run, resource)
@@ -1084,10 +1908,18 @@ class FleetCore:
             # A robot that stops inside a car blocks it: nobody else is sent in until it
             # reconnects and is brought out, or an operator clears the car.
             self._log(run, f"stopped inside {run.in_lift}: car held", "LIFT_BLOCKED")
-        for resource, holder in self.reservations.release_all(run.robot.id, keep=kept):
-            self._granted(self.robots[holder], resource)
+        # It stays physically where it stopped: the node it stands on (and the lane or zone
+        # it was driving) stays held.
+        keep = {kept} - {""}
+        flight = run.in_flight
+        if not run.in_lift:
+            keep.add(self.resources.node_resource(run.robot.node) or "")
+            if flight is not None and flight[1].kind is StepKind.MOVE:
+                keep.add(self.resources.lane_resource(flight[1].from_node, flight[1].to_node) or "")
+        keep.discard("")
+        self._grant(self.traffic.release_all(run.robot.id, keep=keep))
         run.in_flight = None
-        run.waiting = None
+        self._end_wait(run)
         run.steps.clear()
         run.current_stop = None
         run.topping_up = False
@@ -1490,8 +2322,8 @@ class FleetCore:
         """Resource -> holders, for invariant checks."""
         out: dict[str, tuple[str, ...]] = {}
         for run in self.robots.values():
-            for res in self.reservations.held_by(run.robot.id):
-                out[res] = self.reservations.holders(res)
+            for res in self.traffic.held_by(run.robot.id):
+                out[res] = self.traffic.holders(res)
         return out
 
 

@@ -3,6 +3,11 @@
 A lane with a door becomes: open the door (dispatcher), drive through (robot), close it
 (dispatcher). A lift ride becomes: call the car to this level (dispatcher), enter (robot), ride
 to the other level (dispatcher), exit (robot), release the car (dispatcher).
+
+The car is called before the robot drives the last lane into the lift lobby: the robot waits
+for its car one node short of the lobby (a holding point in a well-drawn map), so the lobby,
+which admits one robot at a time, stays free for a robot coming out of the car. A robot waiting
+in the lobby for the car another robot is riding to that lobby would deadlock with it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class StepKind(StrEnum):
     PICKUP = "PICKUP"
     DROPOFF = "DROPOFF"
     CHARGE = "CHARGE"
+    # Dispatcher-side marker: rebuild the route from here to the stop's final step (after a
+    # back-off, a fire-recall exit or a closure met mid-step).
+    REROUTE = "REROUTE"
 
     @property
     def robot_side(self) -> bool:
@@ -67,6 +75,7 @@ class Step:
     # PICKUP/DROPOFF: (order id, compartment index from 0) of each order whose compartment is
     # known; empty for a robot without compartments.
     compartments: tuple[tuple[str, int], ...] = ()
+    note: str = ""  # REROUTE: why the route is rebuilt
 
     def describe(self) -> str:
         """A short human-readable line for logs and the step record."""
@@ -84,6 +93,8 @@ class Step:
             return f"release {self.lift}"
         if k is StepKind.CHARGE:
             return f"charge at {self.station} to {self.target_percent:.0f} %"
+        if k is StepKind.REROUTE:
+            return "re-route"
         return f"{k.value.lower()} {self.station} {','.join(self.order_ids)}"
 
 
@@ -107,11 +118,12 @@ def steps_for_route(route: Route, speed_limits: dict[tuple[str, str], float | No
             else:
                 steps.append(move)
         elif isinstance(leg, LiftLeg):
+            call = Step(
+                StepKind.LIFT_CALL, lift=leg.lift, level=leg.from_level, from_node=leg.start
+            )
+            steps.insert(_before_lane_into(steps, leg.start), call)
             steps.extend(
                 [
-                    Step(
-                        StepKind.LIFT_CALL, lift=leg.lift, level=leg.from_level, from_node=leg.start
-                    ),
                     Step(
                         StepKind.LIFT_ENTER,
                         lift=leg.lift,
@@ -129,3 +141,17 @@ def steps_for_route(route: Route, speed_limits: dict[tuple[str, str], float | No
                 ]
             )
     return steps
+
+
+def _before_lane_into(steps: list[Step], lobby: str) -> int:
+    """Where to call a car: before the steps of the lane that ends in its lobby (the door
+    steps of that lane included), or here when the robot already stands in the lobby."""
+    i = len(steps)
+    if i and steps[-1].kind is StepKind.DOOR_CLOSE:
+        i -= 1
+    if i and steps[i - 1].kind is StepKind.MOVE and steps[i - 1].to_node == lobby:
+        i -= 1
+        if i and steps[i - 1].kind is StepKind.DOOR_OPEN:
+            i -= 1
+        return i
+    return len(steps)

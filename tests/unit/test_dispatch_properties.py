@@ -48,7 +48,7 @@ event = st.one_of(
 
 def _check(t: FastTwin) -> bool:
     core = t.core
-    assert core.reservations.over_capacity() == []
+    assert core.traffic.over_capacity() == []
     assert t.world.conflicts == 0
     assert t.world.violations == []
     for lift, car in t.world.lifts.items():
