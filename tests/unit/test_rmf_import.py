@@ -457,7 +457,7 @@ def test_one_way_lanes_keep_their_direction_and_opposites_merge() -> None:
 
 def test_a_level_is_aligned_to_the_reference_by_fiducials() -> None:
     # L2's drawing is shifted by (+50, +20) px and drawn at half the resolution (5 px = 1 m).
-    fid1 = [[0, 0, "f1"], [100, 0, "f2"], [0, 100, "f3"]]
+    fid1: list[list[Any]] = [[0, 0, "f1"], [100, 0, "f2"], [0, 100, "f3"]]
     fid2 = [[50 + x / 2, 20 + y / 2, n] for x, y, n in fid1]
     l2 = {
         "elevation": 4,
