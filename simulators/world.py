@@ -50,9 +50,9 @@ class World:
     """Physical state and the counters a KPI report needs.
 
     Robots sharing an exclusive node, lane or zone are counted in `exclusive_conflicts`, and in
-    `conflicts` too when `count_exclusive_conflicts` is set. It is off by default for now: the
-    dispatcher does not reserve nodes, lanes and zones yet, and every twin run would report the
-    robots queueing in a lift lobby or at a warehouse port as conflicts.
+    `conflicts` too when `count_exclusive_conflicts` is set. It is off by default, so a twin
+    whose dispatcher does not reserve nodes, lanes and zones (or a test of doors and cars alone)
+    reports conflicts as before; `simulators.fast` turns it on.
     """
 
     def __init__(
