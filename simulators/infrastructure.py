@@ -609,12 +609,11 @@ class SimLiftController:
         self.scheduler.call_later(delay, done)
 
     def _close(self, name: str, door_time_s: float) -> None:
+        # A closing door is no longer open: reports made while it closes (a heartbeat, a new
+        # session's confirmation) must not invite a robot in.
         self.world.lifts[name].door_open = False
-
-        def closed() -> None:
-            self.cars[name].door = ipb.LIFT_DOOR_CLOSED
-
-        self._after(name, door_time_s, closed)
+        self.cars[name].door = ipb.LIFT_DOOR_CLOSED
+        self._after(name, door_time_s, lambda: None)
 
     def _open(self, name: str, door_time_s: float) -> None:
         car = self.cars[name]

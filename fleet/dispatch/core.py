@@ -187,6 +187,7 @@ class FleetCore:
         }
         self.doors = {name: _DoorRun() for name in building.doors}
         self.resources = TrafficResources(building)
+        self._open_graph = BuildingGraph(building)  # no closures: what the building allows
         # Door passages, lift cars (one session per car: a car carries one robot at a time
         # until car sharing exists), exclusive lanes, zones and nodes: one book, so a wait for
         # a car and a wait for a lobby show up in the same wait-for graph.
@@ -332,7 +333,9 @@ class FleetCore:
         flow = flow_of(cmd.cargo_class)
         a = self.building.station_node(cmd.pickup_station)
         b = self.building.station_node(cmd.dropoff_station)
-        if self.graph.travel_time(a, b, flow, 1.0) == float("inf"):
+        # The building's own ways, not today's closures: an order waits for a closed lift or
+        # door to reopen; it is refused only when the building has no way at all.
+        if self._open_graph.travel_time(a, b, flow, 1.0) == float("inf"):
             raise InvalidArgument(
                 "dropoff_station",
                 f"no {flow.value.lower()}-flow route from {cmd.pickup_station} "
@@ -692,6 +695,12 @@ class FleetCore:
         elif step.kind is StepKind.DROPOFF:
             for oid in step.order_ids:
                 order = self.orders[oid]
+                robot.carrying.discard(oid)
+                if order.state is not OrderState.PICKED_UP:
+                    # Written off meanwhile (a fault with it on board): the record stands; the
+                    # goods are handed over and the log says so.
+                    self._log(run, f"handed over {oid}, recorded {order.state.value}", "NOTE")
+                    continue
                 order.move_to(OrderState.DELIVERED, now, f"delivered by {robot.id}")
                 robot.carrying.discard(oid)
                 self._mark(order)
@@ -796,13 +805,23 @@ class FleetCore:
             if stop.kind is StopKind.PICKUP and self._hold(run, stop):
                 run.future.insert(0, stop)
                 return False
+            blocked = ""
             try:
                 route = self.graph.route(robot.node, stop.node, caps.flow, caps.max_speed_m_s)
+                steps = steps_for_route(route, self._speed_limits)
+                drive_s = route.time_s
             except NoRoute as exc:
-                for oid in ids:
-                    self._fail_or_release(self.orders[oid], f"no route: {exc}")
-                continue
-            steps = steps_for_route(route, self._speed_limits)
+                if stop.kind is StopKind.PICKUP or not math.isfinite(
+                    self._open_graph.travel_time(
+                        robot.node, stop.node, caps.flow, caps.max_speed_m_s
+                    )
+                ):
+                    for oid in ids:
+                        self._fail_or_release(self.orders[oid], f"no route: {exc}")
+                    continue
+                # Goods on board and the way there closed for now: keep them, wait for it to
+                # reopen (a pickup goes back to the pool instead; another robot may reach it).
+                blocked, steps, drive_s = f"no way to {stop.node} now: {exc}", [], 0.0
             station = self._station_at(stop.node)
             quantity = sum(self.orders[oid].quantity for oid in ids)
             kind = StepKind.PICKUP if stop.kind is StopKind.PICKUP else StepKind.DROPOFF
@@ -820,9 +839,11 @@ class FleetCore:
             run.current_stop = stop
             now = self.clock.now()
             service = self.building.stations[station].service_time_s
-            run.stop_departure = now + route.time_s + service
+            run.stop_departure = now + drive_s + service
             robot.mode = RobotMode.BUSY
             self.plan_epoch += 1
+            if blocked:
+                self._blocked(run, blocked, stop.node)
             return True
         return False
 
@@ -1499,20 +1520,25 @@ class FleetCore:
             route = self.graph.route(robot.node, final.to_node, caps.flow, caps.max_speed_m_s)
         except NoRoute:
             run.steps = deque([final])
-            self._start_wait(run, _Wait("blocked", why))
-            self._log(run, f"no way to {final.to_node}: waits ({why})", "BLOCKED")
-            self._alert(
-                "ROBOT_BLOCKED",
-                m.AlertSeverity.WARNING,
-                robot.id,
-                f"{robot.id} has no way to {final.to_node} ({why}); it waits where it is",
-                (robot.id,),
-            )
+            self._blocked(run, why, final.to_node)
             return
         if self._active_alerts.get(("ROBOT_BLOCKED", robot.id)) is not None:
             self._clear_alerts(robot.id, prefix="ROBOT_BLOCKED")
         run.steps = deque([*steps_for_route(route, self._speed_limits), final])
         self._log(run, f"re-routed to {final.to_node} ({why})", "REROUTE")
+
+    def _blocked(self, run: _RobotRun, why: str, goal: str) -> None:
+        """The robot has no way to `goal` now: it waits where it is, and staff are told."""
+        robot = run.robot
+        self._start_wait(run, _Wait("blocked", why))
+        self._log(run, f"no way to {goal}: waits ({why})", "BLOCKED")
+        self._alert(
+            "ROBOT_BLOCKED",
+            m.AlertSeverity.WARNING,
+            robot.id,
+            f"{robot.id} has no way to {goal} ({why}); it waits where it is",
+            (robot.id,),
+        )
 
     def _drop_waits(self, run: _RobotRun) -> None:
         """Give up what the robot waits for and the doors and cars it holds on the floor, and
@@ -1526,6 +1552,9 @@ class FleetCore:
         keep = [r for r in (self.resources.node_resource(run.robot.node),) if r]
         if run.in_lift:
             keep.append(lift_resource(run.in_lift))
+        if run.in_flight is not None:
+            # The step under way keeps what it drives through and where it is going.
+            keep.extend(self._needs(run, run.in_flight[1], 0))
         self._grant(self.traffic.release_all(rid, keep=keep))
 
     def _robots_using(self, *, lift: str = "", door: str = "") -> tuple[str, ...]:
