@@ -35,7 +35,7 @@ from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.planning import Plan, Problem, solve
 from fleet.v1 import infrastructure_pb2, robot_pb2
-from simulators.infrastructure import SimDoorController, SimLiftController
+from simulators.infrastructure import LIFT_HEARTBEAT_S, SimDoorController, SimLiftController
 from simulators.robot import RobotSpec, SimRobot
 from simulators.scheduling import VirtualLoop
 from simulators.workload import TimedOrder, standard_workload
@@ -114,10 +114,6 @@ def fleet_specs(building: Building, robots: int) -> list[RobotSpec]:
             )
         )
     return specs
-
-
-LIFT_HEARTBEAT_S = 5.0
-"""How often the simulated lift controller reports every car, changed or not."""
 
 
 @dataclass

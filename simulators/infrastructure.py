@@ -46,6 +46,11 @@ def _door_mode_word(mode: int) -> str:
     return ipb.DoorMode.Name(mode).removeprefix("DOOR_MODE_").lower()  # type: ignore[arg-type]
 
 
+LIFT_HEARTBEAT_S = 5.0
+"""How often the twin's lift controllers report every car, changed or not, as the protocol asks
+(the dispatcher never sends a robot into a car on a stale report)."""
+
+
 class _Heartbeat:
     """Reports every device every `interval_s` (0: never); restarting it stops the old loop, so
     a reconnecting controller never runs two."""

@@ -24,7 +24,7 @@ from fleet.v1 import (
     robot_pb2,
     robot_pb2_grpc,
 )
-from simulators.infrastructure import SimDoorController, SimLiftController
+from simulators.infrastructure import LIFT_HEARTBEAT_S, SimDoorController, SimLiftController
 from simulators.robot import RobotSpec, SimRobot
 from simulators.scheduling import AsyncioScheduler
 from simulators.world import World
@@ -80,7 +80,12 @@ class LiveTwin:
             "sim-doors", self.building, self.world, self.scheduler, door_q.put_nowait
         )
         self.lifts = SimLiftController(
-            "sim-lifts", self.building, self.world, self.scheduler, lift_q.put_nowait
+            "sim-lifts",
+            self.building,
+            self.world,
+            self.scheduler,
+            lift_q.put_nowait,
+            heartbeat_s=LIFT_HEARTBEAT_S,
         )
         self._tasks.append(asyncio.create_task(self._infra_loop(infra_stub, self.doors, door_q)))
         self._tasks.append(asyncio.create_task(self._infra_loop(infra_stub, self.lifts, lift_q)))

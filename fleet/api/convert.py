@@ -7,7 +7,6 @@ exchanges exactly the bytes a vendor's robot would.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -472,18 +471,3 @@ def alert_to_pb(alert: m.Alert) -> operations_pb2.Alert:
         robots=list(alert.robots),
         cleared=alert.cleared,
     )
-
-
-def active_alerts(alerts: Iterable[m.Alert]) -> list[m.Alert]:
-    """The alerts still active, oldest first: not cleared themselves, and no later alert with
-    the same code and subject cleared them."""
-    cleared: set[tuple[str, str]] = set()
-    active: list[m.Alert] = []
-    for alert in reversed(list(alerts)):
-        key = (alert.code, alert.subject)
-        if alert.cleared:
-            cleared.add(key)
-        elif key not in cleared:
-            active.append(alert)
-    active.reverse()
-    return active

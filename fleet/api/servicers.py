@@ -599,9 +599,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         self, request: operations_pb2.ListAlertsRequest, context: Context
     ) -> operations_pb2.ListAlertsResponse:
         """The core's alerts, oldest first; only the active ones when asked."""
-        alerts: list[m.Alert] = list(self._core.alerts)
-        if request.active_only:
-            alerts = convert.active_alerts(alerts)
+        alerts = self._core.active_alerts() if request.active_only else list(self._core.alerts)
         return operations_pb2.ListAlertsResponse(alerts=[convert.alert_to_pb(a) for a in alerts])
 
     async def WatchAlerts(
@@ -624,7 +622,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         # Register and take the snapshot with no await in between: nothing is missed or doubled.
         self._bus.router.alert_watchers.append(sink)
         try:
-            current = convert.active_alerts(self._core.alerts) if request.include_active else []
+            current = self._core.active_alerts() if request.include_active else []
             snapshot = [convert.alert_to_pb(a) for a in current]
             for alert_pb in snapshot:
                 yield alert_pb

@@ -110,6 +110,7 @@ class _RobotRun:
     sessions: dict[str, str] = field(default_factory=dict)  # resource -> session id held
     in_lift: str = ""  # the car the robot is in (or entering), "" when on the floor
     lift_called_at: float | None = None  # when its current lift call began (for wait learning)
+    ride_started_at: float | None = None  # when its car was sent to the destination level
     charge_from: float = 0.0  # when its current charging stop is expected to begin
     topping_up: bool = False  # charging while idle: ends as soon as it is given work
     charged_at: float | None = None  # when its last charging step ended
@@ -159,6 +160,9 @@ class _Closures:
 
 _WAIT_KINDS = ("door", "lift", "traffic", "blocked")
 
+
+ALERT_HISTORY = 10_000
+"""Alerts kept in `FleetCore.alerts` (raised and cleared); active ones are never dropped."""
 
 _PRIORITY_ORDER = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 
@@ -212,6 +216,8 @@ class FleetCore:
                 self._lanes[(lane.end, lane.start)] = lane
         # Observed lift waits replace the map's nominal ones in the travel times we plan with.
         self.lift_waits = LiftWaitEstimator.for_building(building)
+        # ... and observed rides (seconds beyond the map's door and travel times, 0 at first).
+        self.lift_ride_excess = LiftWaitEstimator(dict.fromkeys(building.lifts, 0.0))
         self.step_log: list[m.StepRecord] = []
         self.plan_epoch = 0  # moves when a robot commits to a new stop
         self.plan_version = 0  # counts applied plans
@@ -1026,6 +1032,7 @@ class FleetCore:
             sid = run.sessions[res]
             self._start_wait(run, _Wait("lift_at", res, step.to_level, sid))
             self._session_move(sid, SessionState.RIDING, f"to {step.to_level}")
+            run.ride_started_at = self.clock.now()
             self._outbox.append(
                 m.LiftCommand(step.lift, m.LiftAction.GO_TO, sid, rid, step.to_level, self._lease_s)
             )
@@ -1309,6 +1316,7 @@ class FleetCore:
                 self._finish_dispatcher_step(run, step)
                 if step.kind is StepKind.LIFT_RIDE:
                     run.robot.level = msg.level
+                    self._learn_lift_ride(run, msg.lift_id, step.level, step.to_level)
                     self._session_move(w.session_id, SessionState.ARRIVED, f"at {msg.level}")
                 elif step.kind is StepKind.LIFT_CALL:
                     self._session_move(w.session_id, SessionState.AT_FLOOR, f"at {msg.level}")
@@ -1352,7 +1360,26 @@ class FleetCore:
         waited = self.clock.now() - called_at
         self.lift_wait_log.append((lift, waited))
         self.lift_waits.observe(lift, waited)
-        if self.graph.set_lift_waits(self.lift_waits.estimates()):
+        self._plan_with_learned_lifts()
+
+    def _learn_lift_ride(self, run: _RobotRun, lift: str, from_level: str, to_level: str) -> None:
+        """Count how much longer a ride took (doors closing, travel, doors opening) than the
+        map's physics say: a slow car, a car that stops for people on the way."""
+        started, run.ride_started_at = run.ride_started_at, None
+        if started is None:
+            return
+        spec = self.building.lifts[lift]
+        levels = self.building.levels
+        climb = abs(levels[to_level].elevation - levels[from_level].elevation)
+        nominal = 2 * spec.door_time_s + climb / spec.speed_m_s
+        self.lift_ride_excess.observe(lift, self.clock.now() - started - nominal)
+        self._plan_with_learned_lifts()
+
+    def _plan_with_learned_lifts(self) -> None:
+        """Travel times use the learned wait for a car plus the learned extra ride time."""
+        waits = self.lift_waits.estimates()
+        excess = self.lift_ride_excess.estimates()
+        if self.graph.set_lift_waits({k: v + excess[k] for k, v in waits.items()}):
             self._request_replan()
 
     # ---- lift sessions ---------------------------------------------------------------------
@@ -1843,8 +1870,7 @@ class FleetCore:
             return
         alert = m.Alert(self.clock.now(), code, severity, subject, message, tuple(robots))
         self._active_alerts[key] = alert
-        self.alerts.append(alert)
-        self._outbox.append(alert)
+        self._keep_alert(alert)
 
     def _clear_alerts(self, subject: str, prefix: str) -> None:
         for key in sorted(
@@ -1854,8 +1880,14 @@ class FleetCore:
             alert = dataclasses.replace(
                 was, at=self.clock.now(), message=f"cleared: {was.message}", cleared=True
             )
-            self.alerts.append(alert)
-            self._outbox.append(alert)
+            self._keep_alert(alert)
+
+    def _keep_alert(self, alert: m.Alert) -> None:
+        """Record and send an alert; the history is bounded (the active ones are kept apart)."""
+        self.alerts.append(alert)
+        if len(self.alerts) > ALERT_HISTORY:
+            del self.alerts[: len(self.alerts) - ALERT_HISTORY]
+        self._outbox.append(alert)
 
     def active_alerts(self) -> list[m.Alert]:
         """Alerts raised and not cleared, oldest first."""
