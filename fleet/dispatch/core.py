@@ -744,6 +744,11 @@ class FleetCore:
     def _advance(self, run: _RobotRun) -> None:
         """Start whatever the robot should do next, until it must wait for someone."""
         robot = run.robot
+        while run.paused and run.in_flight is None and run.steps:
+            if run.steps[0].kind is not StepKind.DOOR_CLOSE:
+                break
+            # Even a paused robot lets a door it has passed close behind it.
+            self._dispatcher_step(run, run.steps[0])
         while run.connected and not run.paused and robot.mode is not RobotMode.FAULT:
             if run.in_flight is not None or run.waiting is not None:
                 return
@@ -1573,15 +1578,18 @@ class FleetCore:
         rid = run.robot.id
         self._end_wait(run)
         self._grant(self.traffic.cancel(rid))
+        # The step under way keeps what it drives through (a door held open for it included)
+        # and where it is going.
+        flight = run.in_flight[1] if run.in_flight is not None else None
+        passing = door_resource(flight.door) if flight is not None and flight.door else ""
         for resource in list(run.sessions):
-            if resource != lift_resource(run.in_lift):
+            if resource not in (lift_resource(run.in_lift), passing):
                 self._release(run, resource)
-        keep = [r for r in (self.resources.node_resource(run.robot.node),) if r]
+        keep = [r for r in (self.resources.node_resource(run.robot.node), passing) if r]
         if run.in_lift:
             keep.append(lift_resource(run.in_lift))
-        if run.in_flight is not None:
-            # The step under way keeps what it drives through and where it is going.
-            keep.extend(self._needs(run, run.in_flight[1], 0))
+        if flight is not None:
+            keep.extend(self._needs(run, flight, 0))
         self._grant(self.traffic.release_all(rid, keep=keep))
 
     def _robots_using(self, *, lift: str = "", door: str = "") -> tuple[str, ...]:
@@ -1804,7 +1812,13 @@ class FleetCore:
             stop = run.current_stop
             if stop is None or stop.kind is not StopKind.DROPOFF:
                 flight = run.in_flight
-                run.steps = deque([flight[1]] if flight is not None else [])
+                kept = list(itertools.islice(run.steps, 2)) if flight is not None else []
+                # The step under way, and the door it drives through closed behind it.
+                run.steps = deque(
+                    s
+                    for i, s in enumerate(kept)
+                    if i == 0 or (s.kind is StepKind.DOOR_CLOSE and kept[0].door == s.door)
+                )
                 run.current_stop = None
             self._drop_waits(run)
             run.future = []

@@ -19,6 +19,7 @@ from fleet.building.model import Building
 from fleet.dispatch import messages as m
 from fleet.dispatch.core import CoreConfig
 from fleet.domain.cargo import CargoClass
+from fleet.domain.errors import InvalidArgument
 from fleet.domain.order import OrderState
 from fleet.planning.solver import solve
 from fleet.traffic.lift_sessions import SessionState
@@ -284,4 +285,63 @@ def test_head_on_in_a_one_robot_corridor(block: Building) -> None:
     assert t.core.deadlocks_resolved >= 1
     backs = [r for r in t.core.step_log if r.kind == "BACK_OFF"]
     assert backs and "deadlock" in backs[0].what
+    sound(t)
+
+
+def test_operator_pauses_and_resumes_robots_and_closes_and_reopens_the_way(
+    block: Building,
+) -> None:
+    t = make_twin(block, ("R1", "L1-PARK-1"), ("R2", "L1-PARK-3"))
+    carried = place(t, "DOCK", "WARD")
+    run_until(t, HOUR, lambda: t.core.orders[carried].state is OrderState.PICKED_UP)
+    carrier = t.core.orders[carried].robot_id or ""
+    other = "R2" if carrier == "R1" else "R1"
+
+    # Pause the robot with goods on board: it stops and keeps them; nothing else moves it.
+    t.handle(m.OperatorCommand(m.OperatorAction.PAUSE_ROBOT, carrier, "spill in corridor", "ops"))
+    node, metres = t.robots[carrier].node, t.world.distance_m
+    t.run_until(t.clock.now() + 600)
+    assert t.core.orders[carried].state is OrderState.PICKED_UP
+    assert t.robots[carrier].node == node and t.world.distance_m <= metres + 30
+    (paused,) = alerts(t, "ROBOT_PAUSED")
+    assert paused.robots == (carrier,) and "spill in corridor" in paused.message
+    # Pause every robot: a new order waits, and nobody is given it until the fleet resumes.
+    t.handle(m.OperatorCommand(m.OperatorAction.PAUSE_ROBOT, "", "fire drill", "ops"))
+    waiting = place(t, "DOCK", "WARD")
+    t.run_until(t.clock.now() + 300)
+    assert t.core.orders[waiting].state is OrderState.PENDING
+    t.handle(m.OperatorCommand(m.OperatorAction.RESUME_ROBOT, "", "", "ops"))
+    t.run_until(t.clock.now() + HOUR, stop_when_done=True)
+    assert t.core.orders[carried].state is OrderState.DELIVERED
+    assert t.core.orders[waiting].state is OrderState.DELIVERED
+
+    # Close the only lane from the dock to the lifts (and one lift) once the next delivery is on
+    # board: its robot waits, blocked, with an alert; an order placed meanwhile waits PENDING.
+    # Reopening the lane lets both through, by the lift still open.
+    third = place(t, "DOCK", "WARD")
+    run_until(t, HOUR, lambda: t.core.orders[third].state is OrderState.PICKED_UP)
+    closed_at = t.clock.now()
+    t.handle(m.OperatorCommand(m.OperatorAction.CLOSE_LANE, "L1-C-1--L1-C-2", "wet floor", "ops"))
+    t.handle(m.OperatorCommand(m.OperatorAction.CLOSE_LIFT, "LIFT-B", "inspection", "ops"))
+    fourth = place(t, "DOCK", "WARD")
+    t.run_until(t.clock.now() + 900)
+    assert t.core.orders[third].state is OrderState.PICKED_UP
+    assert t.core.orders[fourth].state is OrderState.PENDING
+    blocked = [r for r in t.core.robots.values() if r.waiting and r.waiting.kind == "blocked"]
+    assert [r.robot.id for r in blocked] == [t.core.orders[third].robot_id]
+    assert alerts(t, "LANE_CLOSED_BY_OPERATOR") and alerts(t, "ROBOT_BLOCKED")
+    t.handle(m.OperatorCommand(m.OperatorAction.REOPEN_LANE, "L1-C-1--L1-C-2", "", "ops"))
+    t.run_until(t.clock.now() + HOUR, stop_when_done=True)
+    assert t.core.orders[third].state is OrderState.DELIVERED
+    assert t.core.orders[fourth].state is OrderState.DELIVERED
+    assert all("LIFT-B" not in entered(t, r, after=closed_at) for r in (carrier, other))
+    t.handle(m.OperatorCommand(m.OperatorAction.REOPEN_LIFT, "LIFT-B", "", "ops"))
+    assert not {a.code for a in t.core.active_alerts()} & {
+        "ROBOT_PAUSED",
+        "ROBOT_BLOCKED",
+        "LANE_CLOSED_BY_OPERATOR",
+        "LIFT_CLOSED_BY_OPERATOR",
+    }
+    with pytest.raises(InvalidArgument, match="unknown lane"):
+        t.handle(m.OperatorCommand(m.OperatorAction.CLOSE_LANE, "L1-C-1--L2-C-2"))
     sound(t)
