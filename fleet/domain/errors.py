@@ -22,3 +22,8 @@ class NotFound(DomainError):
 
 class FailedPrecondition(DomainError):
     """The request is well-formed but the entity's state does not allow it."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but their role does not allow the action (or they may not take this
+    part in it, e.g. be their own second checker)."""
