@@ -2,6 +2,8 @@
 
 - `InvalidArgument` -> INVALID_ARGUMENT, details `"<field>: <reason>"`;
 - `NotFound` -> NOT_FOUND; `FailedPrecondition` -> FAILED_PRECONDITION;
+- `PermissionDenied` (a role may not do this) -> PERMISSION_DENIED;
+- `AuthenticationFailed` (badge or PIN not accepted, credential locked) -> UNAUTHENTICATED;
 - anything else -> INTERNAL, logged with its traceback (the caller sees no internals).
 
 `grpc_errors` decorates unary servicer methods; streaming methods call `abort_for` themselves.
@@ -17,7 +19,8 @@ from typing import Any, NoReturn, TypeVar, cast
 import grpc
 import grpc.aio
 
-from fleet.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from fleet.custody.people import AuthenticationFailed
+from fleet.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, AuthenticationFailed):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
