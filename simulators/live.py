@@ -58,7 +58,7 @@ class LiveTwin:
     ) -> None:
         self.building = building
         self.target = target
-        self.world = World(building, record_events=record_events)
+        self.world = World(building, record_events=record_events, count_exclusive_conflicts=True)
         self.scheduler = AsyncioScheduler(clock, time_scale)
         self.state_interval_s = state_interval_s
         self.specs = specs
