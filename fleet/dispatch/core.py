@@ -1252,21 +1252,10 @@ class FleetCore:
         state.mode, state.session_id, state.fault = msg.mode, msg.session_id, msg.fault
         key = door_resource(msg.door_id)
         if msg.mode in (m.DoorMode.BLOCKED, m.DoorMode.FAULT, m.DoorMode.OFFLINE):
-            why = f"door {msg.door_id} {msg.mode.value.lower()}" + (
-                f": {msg.fault}" if msg.fault else ""
-            )
-            if self.closures.faults.get(key) != why:
-                self.closures.faults[key] = why
-                users = self._robots_using(door=msg.door_id)
-                self._alert(
-                    f"DOOR_{msg.mode.value}", m.AlertSeverity.WARNING, msg.door_id, why, users
-                )
-                self._apply_closures(why)
+            self._device_fault("door", msg.door_id, msg.mode.value, msg.fault)
             return
-        if key in self.closures.faults and msg.mode in (m.DoorMode.CLOSED, m.DoorMode.OPEN):
-            del self.closures.faults[key]
-            self._clear_alerts(msg.door_id, prefix="DOOR_")
-            self._apply_closures(f"door {msg.door_id} back in service")
+        if msg.mode in (m.DoorMode.CLOSED, m.DoorMode.OPEN):
+            self._device_fault("door", msg.door_id, "", "")
         if msg.mode is not m.DoorMode.OPEN:
             return
         for holder in self.traffic.holders(key):
@@ -1284,21 +1273,7 @@ class FleetCore:
         state.session_id, state.fault, state.reported_at = msg.session_id, msg.fault, now
         key = lift_resource(msg.lift_id)
         down = msg.mode in (m.LiftMode.OUT_OF_SERVICE, m.LiftMode.FIRE_RECALL, m.LiftMode.OFFLINE)
-        if down:
-            why = f"lift {msg.lift_id} {msg.mode.value.lower().replace('_', ' ')}" + (
-                f": {msg.fault}" if msg.fault else ""
-            )
-            if self.closures.faults.get(key) != why:
-                self.closures.faults[key] = why
-                users = self._robots_using(lift=msg.lift_id)
-                self._alert(
-                    f"LIFT_{msg.mode.value}", m.AlertSeverity.WARNING, msg.lift_id, why, users
-                )
-                self._apply_closures(why)
-        elif key in self.closures.faults:
-            del self.closures.faults[key]
-            self._clear_alerts(msg.lift_id, prefix="LIFT_")
-            self._apply_closures(f"lift {msg.lift_id} back in service")
+        self._device_fault("lift", msg.lift_id, msg.mode.value if down else "", msg.fault)
         session = self.lift_sessions.get(msg.session_id) if msg.session_id else None
         if session is not None and session.state is SessionState.REQUESTED:
             self._session_move(session.id, SessionState.ASSIGNED, "car serves the session")
@@ -1327,6 +1302,25 @@ class FleetCore:
                     self._session_move(w.session_id, SessionState.AT_FLOOR, f"at {msg.level}")
                     self._learn_lift_wait(run, msg.lift_id)
                 self._advance(run)
+
+    def _device_fault(self, kind: str, name: str, mode: str, detail: str) -> None:
+        """A door or lift controller says the device is out of use (`mode`, e.g. FAULT or
+        FIRE_RECALL) or back in use (`mode` ""): close or reopen it, with an alert naming the
+        robots whose way used it."""
+        key = f"{kind}:{name}"
+        if not mode:
+            if key in self.closures.faults:
+                del self.closures.faults[key]
+                self._clear_alerts(name, prefix=f"{kind.upper()}_")
+                self._apply_closures(f"{kind} {name} back in service")
+            return
+        why = f"{kind} {name} {mode.lower().replace('_', ' ')}" + (f": {detail}" if detail else "")
+        if self.closures.faults.get(key) == why:
+            return
+        self.closures.faults[key] = why
+        users = self._robots_using(**{kind: name})
+        self._alert(f"{kind.upper()}_{mode}", m.AlertSeverity.WARNING, name, why, users)
+        self._apply_closures(why)
 
     def _recall_exit(self, run: _RobotRun, lift: str, level: str) -> None:
         """Fire recall with the robot in the car: it gets out where the car stopped and its
