@@ -3,6 +3,7 @@
     fleet serve [--map M] [--db URL] [--port P] [--metrics-port P] [--time-scale F] ...
     fleet map check FILE
     fleet custody verify|checkpoint|keygen ...   (fleet.store.ledger)
+    fleet custody report [--date D] [--tz Z] [--csv]   (fleet.custody.register)
     fleet simulate --map M [--robots N] [--hours H] ...   (simulators.fast)
     fleet demo [--map M] [--robots N] [--duration-s S] ...  (simulators.demo)
 
@@ -17,9 +18,11 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import cast
 
 from fleet.config import Settings, add_serve_arguments
@@ -45,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_map_check)
 
     # ---- custody: the controlled-drug custody ledger (fleet.store.ledger) ----
-    custody = commands.add_parser("custody", help="custody ledger: verify, checkpoint, keygen")
+    custody = commands.add_parser(
+        "custody", help="custody ledger: verify, checkpoint, keygen, report"
+    )
     custody_commands = custody.add_subparsers(
         dest="custody_command", metavar="ACTION", required=True
     )
@@ -77,6 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
     c_keygen = custody_commands.add_parser("keygen", help="write a new Ed25519 key pair")
     c_keygen.add_argument("--signing-key", required=True, metavar="FILE", help="private key out")
     c_keygen.add_argument("--public-key", required=True, metavar="FILE", help="public key out")
+    c_report = custody_commands.add_parser(
+        "report",
+        help="print a day's controlled-drug register per drug and lot",
+        description="Print the day's register (专用账册): per drug and lot the units issued, "
+        "administered, wasted and returned, empties recovered, open discrepancies, balance and "
+        "units still out, with a TOTAL per drug and a BALANCED / NOT BALANCED verdict. "
+        "Formulas: fleet/custody/register.py. Exit 0 with the report; 2 when the ledger or "
+        "catalogue cannot be read.",
+    )
+    c_report.add_argument(
+        "--db", default=None, metavar="URL", help="database URL (FLEET_DATABASE_URL)"
+    )
+    c_report.add_argument(
+        "--date",
+        type=_report_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the day to report (default: today in --tz)",
+    )
+    c_report.add_argument(
+        "--tz",
+        type=_report_zone,
+        default="UTC",
+        metavar="AREA/CITY",
+        help="the building's IANA time zone; a day runs from local midnight to midnight (UTC)",
+    )
+    c_report.add_argument(
+        "--catalogue",
+        default=None,
+        metavar="FILE",
+        help=f"controlled-drug catalogue (YAML) naming the drugs ({_DEFAULT_CATALOGUE})",
+    )
+    c_report.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     custody.set_defaults(handler=_custody)
     rmf = map_commands.add_parser(
         "import-rmf", help="convert an Open-RMF traffic-editor building map to our format"
@@ -230,6 +268,8 @@ def _custody(args: argparse.Namespace) -> int:
 
     env = os.environ
     db = args.__dict__.get("db") or env.get("FLEET_DATABASE_URL") or DEFAULT_DATABASE_URL
+    if args.custody_command == "report":
+        return _custody_report(args, db)
     if args.custody_command == "verify":
         key = args.public_key or env.get("FLEET_CUSTODY_PUBLIC_KEY")
         result = ledger.verify_command(db, key)
@@ -248,6 +288,75 @@ def _custody(args: argparse.Namespace) -> int:
     for line in result.lines:
         print(line, file=out)
     return result.code
+
+
+# The demo catalogue ships with the repository; resolved from the package so the default works
+# from any working directory.
+_DEFAULT_CATALOGUE = "simulators/data/controlled_drugs.yaml"
+
+
+def _default_catalogue() -> str:
+    from pathlib import Path
+
+    if Path(_DEFAULT_CATALOGUE).is_file():
+        return _DEFAULT_CATALOGUE
+    return str(Path(__file__).resolve().parent.parent / _DEFAULT_CATALOGUE)
+
+
+def _report_date(text: str) -> date:
+    """argparse type of `--date`: strictly YYYY-MM-DD (date.fromisoformat alone would also take
+    20250301 and 2025-W09-6)."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: expected YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: {exc}") from None
+
+
+def _report_zone(text: str) -> str:
+    """argparse type of `--tz`: an IANA zone name, checked against the tz database."""
+    from fleet.custody.register import parse_zone
+
+    try:
+        parse_zone(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _custody_report(args: argparse.Namespace, db: str) -> int:
+    """`fleet custody report`: the day's register as a table (or CSV) on stdout."""
+    from datetime import datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fleet.clock import SystemClock
+    from fleet.custody.catalogue import CatalogueError, load_catalogue
+    from fleet.custody.register import day_register, parse_zone
+    from fleet.store.ledger import LedgerError, connect_ledger
+
+    tz: str = args.tz
+    day: date = args.date or datetime.fromtimestamp(SystemClock().now(), parse_zone(tz)).date()
+    try:
+        catalogue = load_catalogue(args.catalogue or _default_catalogue())
+    except CatalogueError as exc:
+        print(f"fleet custody report: catalogue: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = connect_ledger(db)
+    except (ValueError, LedgerError) as exc:
+        print(f"fleet custody report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        register = day_register(store.iter_events(), catalogue, day, tz)
+    except SQLAlchemyError as exc:
+        print(f"fleet custody report: cannot read the ledger: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    sys.stdout.write(register.to_csv() if args.csv else register.to_table())
+    return 0
 
 
 def _delegate(module: str, temp_db: bool = False) -> Callable[[argparse.Namespace], int]:
