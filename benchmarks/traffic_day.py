@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from fleet.building.loader import MapError, load_building
-from simulators.fast import SIM_EPOCH, SimulationResult, run_simulation
+
+# `_percentile`: per-lift waits computed as the report computes lift_wait_p50_s / p95_s.
+from simulators.fast import SIM_EPOCH, SimulationResult, _percentile, run_simulation
 
 WORKLOAD = "standard"  # `fleet simulate`'s default workload
 DISPATCHER = "optimizer"  # and its default dispatcher
@@ -112,7 +114,24 @@ def diagnostics(result: SimulationResult) -> dict[str, Any]:
         kept = examples.setdefault(rec.kind, [])
         if len(kept) < EXAMPLES:
             kept.append(f"t+{rec.at - SIM_EPOCH:.0f} s {rec.robot_id}: {rec.what}")
+    waits: dict[str, list[float]] = {}
+    for lift, waited in result.core.lift_wait_log:
+        waits.setdefault(lift, []).append(waited)
+    deadlocks = [a for a in result.core.alerts if a.code == "DEADLOCK" and not a.cleared]
     return {
+        "lift_waits_by_lift": {
+            lift: {
+                "n": len(w),
+                "p50_s": round(_percentile(w, 0.5), 1),
+                "p95_s": round(_percentile(w, 0.95), 1),
+                "max_s": round(max(w), 1),
+            }
+            for lift, w in sorted(waits.items())
+        },
+        "alert_codes": dict(Counter(a.code for a in result.core.alerts if not a.cleared)),
+        "deadlock_alerts": [
+            f"t+{a.at - SIM_EPOCH:.0f} s {a.subject}: {a.message}" for a in deadlocks[:EXAMPLES]
+        ],
         "step_log_counts": {k: counts.get(k, 0) for k in TRAFFIC_LOG_KINDS},
         "step_log_examples": examples,
         "step_log_top_robots": {k: c.most_common(5) for k, c in sorted(by_robot.items())},

@@ -77,6 +77,8 @@ def test_tiny_day_prints_the_figures_of_the_report(
     assert out["robots"] == 6 and out["seed"] == 1 and out["solve_time_limit_s"] == 0.5
     assert set(out["diagnostics"]["step_log_counts"]) == set(traffic_day.TRAFFIC_LOG_KINDS)
     assert out["machine"]["cpus"] >= 1 and out["cpu_seconds"] >= 0
+    by_lift = out["diagnostics"]["lift_waits_by_lift"]
+    assert sum(w["n"] for w in by_lift.values()) == len(spy.result.core.lift_wait_log)
 
     rows = parse_table(captured.err)  # with --json the table goes to stderr
     expected = {
