@@ -356,6 +356,7 @@ def kpi_report(twin: FastTwin, wall_seconds: float, sim_start: float) -> dict[st
         "safety_violations": len(twin.world.violations),
         "deadlocks_resolved": core.deadlocks_resolved,
         "deadlocks_unresolved": core.deadlocks_unresolved,
+        "deadlock_longest_s": round(core.longest_deadlock_s, 1),
         "lift_session_errors": len(core.session_errors),
         "lift_wait_p50_s": round(_percentile(lift_waits, 0.5), 1),
         "lift_wait_p95_s": round(_percentile(lift_waits, 0.95), 1),

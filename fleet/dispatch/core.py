@@ -205,8 +205,9 @@ class FleetCore:
         self.wait_s: dict[str, float] = dict.fromkeys(_WAIT_KINDS, 0.0)
         self.lift_wait_log: list[tuple[str, float]] = []
         self.deadlocks_resolved = 0
-        self.deadlocks_unresolved = 0
-        self._stuck: set[str] = set()  # deadlocked cycles already alerted
+        # Deadlocked cycles no robot could back out of (key -> since), and the longest such.
+        self._stuck: dict[str, float] = {}
+        self.longest_deadlock_s = 0.0
         self._resolving = False
         self.session_errors: list[str] = []  # lift-session bookkeeping that went wrong
         self._lanes: dict[tuple[str, str], Lane] = {}
@@ -1645,29 +1646,49 @@ class FleetCore:
             self._resolving = False
 
     def _break_cycles(self) -> None:
+        # One back-off changes the wait-for graph (it may break several cycles, or make a
+        # robot of another cycle the one to move): look again after each.
+        for _ in range(len(self.robots) + 1):
+            # `any` stops at the first cycle broken; the next round looks at the graph anew.
+            if not any(self._break(cycle) for cycle in self.traffic.deadlocks()):
+                break
+        now = self.clock.now()
+        current = {",".join(c) for c in self.traffic.deadlocks()}
+        for key in sorted(set(self._stuck) - current):
+            # A cycle nobody could back out of, broken since (a holding point came free).
+            self.longest_deadlock_s = max(self.longest_deadlock_s, now - self._stuck.pop(key))
+            self.deadlocks_resolved += 1
+            self._clear_alerts(key, prefix="DEADLOCK")
         for cycle in self.traffic.deadlocks():
-            victims = sorted(
-                (self.robots[h] for h in cycle if h in self.robots),
-                key=lambda r: (-(r.waiting.since if r.waiting else -math.inf), r.robot.id),
-            )
-            for run in victims:
-                if self._back_off(
-                    run, "deadlock with " + ", ".join(c for c in cycle if c != run.robot.id)
-                ):
-                    self.deadlocks_resolved += 1
-                    break
-            else:
-                key = ",".join(cycle)
-                if key not in self._stuck:
-                    self._stuck.add(key)
-                    self.deadlocks_unresolved += 1
-                    self._alert(
-                        "DEADLOCK",
-                        m.AlertSeverity.CRITICAL,
-                        key,
-                        f"robots {key} wait for each other and none can back off",
-                        tuple(cycle),
-                    )
+            key = ",".join(cycle)
+            if key not in self._stuck:
+                self._stuck[key] = now
+                self._alert(
+                    "DEADLOCK",
+                    m.AlertSeverity.CRITICAL,
+                    key,
+                    f"robots {key} wait for each other and none can back off",
+                    tuple(cycle),
+                )
+
+    def _break(self, cycle: list[str]) -> bool:
+        """Back one robot of the cycle off (the one that began waiting last); False when none
+        of them can move."""
+        victims = sorted(
+            (self.robots[h] for h in cycle if h in self.robots),
+            key=lambda r: (-(r.waiting.since if r.waiting else -math.inf), r.robot.id),
+        )
+        for run in victims:
+            others = ", ".join(c for c in cycle if c != run.robot.id)
+            if self._back_off(run, f"deadlock with {others}"):
+                self.deadlocks_resolved += 1
+                return True
+        return False
+
+    @property
+    def deadlocks_unresolved(self) -> int:
+        """Cycles of robots waiting for each other that no back-off has broken yet."""
+        return len(self._stuck)
 
     def _clear_the_way(self) -> None:
         """An idle robot standing on an exclusive node another robot waits for moves aside."""
