@@ -179,6 +179,7 @@ def table(report: dict[str, Any]) -> str:
         ("safety violations", str(report["safety_violations"])),
         ("deadlocks resolved", str(report["deadlocks_resolved"])),
         ("deadlocks unresolved", str(report["deadlocks_unresolved"])),
+        ("longest deadlock", f"{report['deadlock_longest_s']:.1f} s"),
         ("lift-session errors", str(report["lift_session_errors"])),
         ("lift rides", str(report["lift_rides"])),
         ("door passes", str(report["door_passes"])),

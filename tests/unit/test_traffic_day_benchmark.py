@@ -92,6 +92,7 @@ def test_tiny_day_prints_the_figures_of_the_report(
         "safety violations": str(report["safety_violations"]),
         "deadlocks resolved": str(report["deadlocks_resolved"]),
         "deadlocks unresolved": str(report["deadlocks_unresolved"]),
+        "longest deadlock": f"{report['deadlock_longest_s']:.1f} s",
         "lift-session errors": str(report["lift_session_errors"]),
         "lift rides": str(report["lift_rides"]),
         "lift wait p50": f"{report['lift_wait_p50_s']:.1f} s",
