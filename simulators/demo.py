@@ -226,7 +226,7 @@ def _summary(
         "lift rides": twin.world.lift_rides,
         "door passes": twin.world.door_passes,
         "robot distance (m)": round(twin.world.distance_m),
-        "conflicts (robots sharing a door or car)": twin.world.conflicts,
+        "conflicts (robots sharing a door, car or one-robot spot)": twin.world.conflicts,
         "safety violations": len(twin.world.violations),
         "simulated time (min)": round(sim_s / 60, 1),
         "wall time (s)": round(wall_s, 1),
@@ -245,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     ok = (
         summary["deliveries that crossed a door and rode a lift"] != 0
-        and summary["conflicts (robots sharing a door or car)"] == 0
+        and summary["conflicts (robots sharing a door, car or one-robot spot)"] == 0
         and summary["safety violations"] == 0
     )
     return 0 if ok else 1
