@@ -106,6 +106,13 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Mapping:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def yaml_error_at(exc: yaml.MarkedYAMLError) -> str:
+    """Where and what a YAML parse error is: " at line L, column C: problem" (1-based)."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {exc.problem or exc.context or 'invalid YAML'}"
+
+
 def _read_yaml(path: Path, source: str) -> object:
     try:
         text = path.read_text(encoding="utf-8")
@@ -118,10 +125,7 @@ def _read_yaml(path: Path, source: str) -> object:
     try:
         return yaml.load(text, Loader=_Loader)  # safe: _Loader derives from SafeLoader
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise MapError([MapIssue(source, ROOT, f"YAML syntax error{where}: {problem}")]) from None
+        raise MapError([MapIssue(source, ROOT, f"YAML syntax error{yaml_error_at(exc)}")]) from None
     except yaml.YAMLError as exc:
         raise MapError([MapIssue(source, ROOT, f"YAML syntax error: {exc}")]) from None
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fleet.building.loader import ROOT, describe_value, join_path
+from fleet.building.loader import ROOT, describe_value, join_path, yaml_error_at
 from fleet.domain.errors import InvalidArgument, NotFound
 
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -259,9 +259,7 @@ def load_catalogue(path: str | Path) -> Catalogue:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)  # safe: SafeLoader builds plain data
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise fail(f"YAML syntax error{where}: {exc.problem or exc.context}") from None
+        raise fail(f"YAML syntax error{yaml_error_at(exc)}") from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML syntax error: {exc}") from None
     duplicates = [

@@ -73,7 +73,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from fleet.building.loader import ROOT, describe_value, join_path
+from fleet.building.loader import ROOT, describe_value, join_path, yaml_error_at
 from fleet.custody.ledger import AuthFactor
 from fleet.domain.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 
@@ -682,10 +682,7 @@ def load_staff(path: str | Path, directory: StaffDirectory | None = None) -> Sta
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        issue = StaffFileIssue(source, ROOT, f"YAML error{where}: {problem}")
+        issue = StaffFileIssue(source, ROOT, f"YAML error{yaml_error_at(exc)}")
         raise StaffFileError([issue]) from None
     except yaml.YAMLError as exc:
         raise StaffFileError([StaffFileIssue(source, ROOT, f"YAML error: {exc}")]) from None

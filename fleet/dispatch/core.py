@@ -1532,12 +1532,7 @@ class FleetCore:
                 run.steps = deque(steps)
             return
         robot = run.robot
-        final = (
-            run.steps[-1]
-            if run.steps
-            and run.steps[-1].kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE)
-            else None
-        )
+        final = _final_step(run)
         self._drop_waits(run)
         if final is None:
             run.steps.clear()
@@ -1639,6 +1634,8 @@ class FleetCore:
         holding point, then re-routes. An idle robot in the way is moved aside the same way."""
         if self._resolving:
             return  # a back-off's own requests: the outer call (or the next tick) looks again
+        if not self.traffic.waiters() and not self._stuck:
+            return  # nobody waits: no cycle (the common case, on every tick)
         self._resolving = True
         try:
             self._break_cycles()
@@ -1653,13 +1650,14 @@ class FleetCore:
             if not any(self._break(cycle) for cycle in self.traffic.deadlocks()):
                 break
         now = self.clock.now()
-        current = {",".join(c) for c in self.traffic.deadlocks()}
+        cycles = self.traffic.deadlocks()
+        current = {",".join(c) for c in cycles}
         for key in sorted(set(self._stuck) - current):
             # A cycle nobody could back out of, broken since (a holding point came free).
             self.longest_deadlock_s = max(self.longest_deadlock_s, now - self._stuck.pop(key))
             self.deadlocks_resolved += 1
             self._clear_alerts(key, prefix="DEADLOCK")
-        for cycle in self.traffic.deadlocks():
+        for cycle in cycles:
             key = ",".join(cycle)
             if key not in self._stuck:
                 self._stuck[key] = now
@@ -1724,6 +1722,10 @@ class FleetCore:
             t = self.graph.travel_time(robot.node, hp, caps.flow, caps.max_speed_m_s)
             if math.isfinite(t):
                 options.append((t, hp))
+        # What other robots wait for: a back-off route must not take it from under them.
+        wanted = {
+            r for w in self.traffic.waiters() if w != rid for r in self.traffic.waiting_for(w)
+        }
         for _, hp in sorted(options)[:12]:
             route = self.graph.route(robot.node, hp, caps.flow, caps.max_speed_m_s)
             if any(not isinstance(leg, LaneLeg) for leg in route.legs):
@@ -1741,17 +1743,9 @@ class FleetCore:
                 ]
                 if leg.door:
                     needs.append(door_resource(leg.door))
-            wanted = {
-                r for w in self.traffic.waiters() if w != rid for r in self.traffic.waiting_for(w)
-            }
             if any(h != rid for r in needs for h in self.traffic.holders(r)) or wanted & set(needs):
                 continue
-            final = (
-                run.steps[-1]
-                if run.steps
-                and run.steps[-1].kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE)
-                else None
-            )
+            final = _final_step(run)
             self._drop_waits(run)
             tail = (
                 [Step(StepKind.REROUTE, note=f"after backing off to {hp}"), final]
@@ -1978,6 +1972,7 @@ class FleetCore:
         for oid in old:
             del self.orders[oid]
             self._earliest.pop(oid, None)
+        self.lift_sessions.forget_finished()  # the same for finished lift sessions
 
     def _go_offline(self, run: _RobotRun, why: str) -> None:
         self._abandon_work(run, f"robot {run.robot.id} went offline ({why})", fail_onboard=True)
@@ -2424,3 +2419,11 @@ def _wanted_by(o: Order) -> float | None:
         return o.needed_by
     within = o.priority.default_within_s
     return None if within is None else o.created_at + within
+
+
+def _final_step(run: _RobotRun) -> Step | None:
+    """The step its route leads to (load, unload or charge), kept when the route is rebuilt."""
+    last = run.steps[-1] if run.steps else None
+    if last is not None and last.kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE):
+        return last
+    return None

@@ -1,6 +1,6 @@
 """Names of the exclusive resources robots take in turn: doors, lift cars, nodes, lanes, zones.
 
-The dispatcher reserves these (`fleet.traffic.reservations.Reservations`) and the digital twin
+The dispatcher reserves these (`fleet.traffic.control.TrafficControl`) and the digital twin
 counts robots sharing one (`simulators.world.World`); both name them the same way here:
 
 - `door:NAME`  a door passage (every door)
@@ -50,7 +50,7 @@ def resource_of_lane(lane: Lane) -> str | None:
 
 
 def exclusive_capacities(building: Building) -> dict[str, int]:
-    """Every exclusive resource of the building with its capacity (1), for `Reservations`.
+    """Every exclusive resource of the building with its capacity (1), for `TrafficControl`.
 
     Doors and lift cars first, then nodes, lanes and zones, each in map order.
     """
