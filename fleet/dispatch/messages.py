@@ -62,8 +62,22 @@ class RobotHello:
 
 
 @dataclass(frozen=True)
+class CompartmentStatus:
+    """One lockable compartment as the robot reports it (numbered from 1, as in the robot
+    protocol). `seal_id`: the seal it was locked under ("" when unsealed); `seal_intact`: False
+    once it was opened, forced or tampered with after sealing; `open`: the door is open now."""
+
+    number: int
+    locked: bool
+    seal_id: str = ""
+    seal_intact: bool = True
+    open: bool = False
+
+
+@dataclass(frozen=True)
 class RobotStateReport:
-    """A robot's periodic state."""
+    """A robot's periodic state. `compartments`: empty when the robot has none or does not
+    report them."""
 
     robot_id: str
     level: str
@@ -73,6 +87,7 @@ class RobotStateReport:
     battery_percent: float
     mode: RobotMode
     errors: tuple[str, ...] = ()
+    compartments: tuple[CompartmentStatus, ...] = ()
 
 
 class StepOutcome(StrEnum):
@@ -258,16 +273,30 @@ class InstantKind(StrEnum):
     PAUSE = "PAUSE"
     RESUME = "RESUME"
     CANCEL_STEP = "CANCEL_STEP"
+    # Custody (controlled drugs): lock the loaded compartment under a seal id; unlock it for one
+    # authenticated person for a limited time (it relocks by itself when closed or when the
+    # time runs out).
+    SEAL_COMPARTMENT = "SEAL_COMPARTMENT"
+    OPEN_COMPARTMENT = "OPEN_COMPARTMENT"
 
 
 @dataclass(frozen=True)
 class SendInstantAction:
-    """Tell a robot to act now, outside its steps."""
+    """Tell a robot to act now, outside its steps.
+
+    For SEAL_COMPARTMENT / OPEN_COMPARTMENT: `compartment` (numbered from 1, as in the robot
+    protocol), `seal_id` (SEAL), `grant_id`, `staff_id` and `open_for_s` (OPEN: whom the
+    custody book authenticated, and for how long the compartment may open)."""
 
     robot_id: str
     action_id: int
     kind: InstantKind
     reason: str = ""
+    compartment: int = 0
+    seal_id: str = ""
+    grant_id: str = ""
+    staff_id: str = ""
+    open_for_s: float = 0.0
 
 
 class DoorAction(StrEnum):

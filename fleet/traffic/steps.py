@@ -75,6 +75,12 @@ class Step:
     # PICKUP/DROPOFF: (order id, compartment index from 0) of each order whose compartment is
     # known; empty for a robot without compartments.
     compartments: tuple[tuple[str, int], ...] = ()
+    # PICKUP/DROPOFF of a controlled drug (custody): at a secure PICKUP the robot waits until the
+    # dispatcher seals the loaded compartment (SEAL_COMPARTMENT) and completes once it is locked
+    # under that seal; at a secure DROPOFF the compartment stays locked until the dispatcher
+    # opens it for an authenticated recipient (OPEN_COMPARTMENT), and the step completes once
+    # it was opened and closed again. Either may be cancelled (CANCEL_STEP): nobody came.
+    secure: bool = False
     note: str = ""  # REROUTE: why the route is rebuilt
 
     def describe(self) -> str:
