@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from fleet.api.custody_servicer import CustodyRunner, CustodyServicer
 from fleet.api.servicers import (
     InfrastructureGatewayServicer,
     OperationsServicer,
@@ -20,6 +21,8 @@ from fleet.config import Settings
 from fleet.dispatch.bus import AsyncBus
 from fleet.dispatch.core import FleetCore
 from fleet.v1 import (
+    custody_pb2,
+    custody_pb2_grpc,
     infrastructure_pb2,
     infrastructure_pb2_grpc,
     operations_pb2,
@@ -36,6 +39,8 @@ SERVICE_NAMES: tuple[str, ...] = (
     infrastructure_pb2.DESCRIPTOR.services_by_name["InfrastructureGateway"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
 )
+# Registered only when the server is built with a custody runner.
+CUSTODY_SERVICE_NAME: str = custody_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -46,11 +51,14 @@ class GrpcServer:
     server: grpc.aio.Server
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (not in the stubs)
+    # The fleet services this server registered: SERVICE_NAMES, plus CustodyService when
+    # built with a custody runner.
+    services: tuple[str, ...] = SERVICE_NAMES
 
     async def start(self) -> None:
         """Start serving and report SERVING for the server and each fleet service."""
         await self.server.start()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *self.services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
@@ -59,10 +67,16 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def build_server(bus: AsyncBus, core: FleetCore, settings: Settings) -> GrpcServer:
+def build_server(
+    bus: AsyncBus,
+    core: FleetCore,
+    settings: Settings,
+    custody: CustodyRunner | None = None,
+) -> GrpcServer:
     """A server with the fleet servicers, health and reflection, bound insecurely to
     `settings.host:settings.grpc_port` (port 0: any free port; `GrpcServer.port` is the real
-    one). Raises RuntimeError when the address cannot be bound."""
+    one). With a `custody` runner, CustodyService is served too (None: not registered).
+    Raises RuntimeError when the address cannot be bound."""
     server = grpc.aio.server()
     orders_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(bus, core), server)
     robot_pb2_grpc.add_RobotGatewayServicer_to_server(RobotGatewayServicer(bus, core), server)
@@ -72,10 +86,14 @@ def build_server(bus: AsyncBus, core: FleetCore, settings: Settings) -> GrpcServ
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
         OperationsServicer(bus, core), server
     )
+    services = SERVICE_NAMES
+    if custody is not None:
+        custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(custody), server)
+        services = (*services, CUSTODY_SERVICE_NAME)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = _address(settings.host, settings.grpc_port)
     try:
@@ -84,7 +102,7 @@ def build_server(bus: AsyncBus, core: FleetCore, settings: Settings) -> GrpcServ
         raise RuntimeError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
-    return GrpcServer(server, port, health)
+    return GrpcServer(server, port, health, services)
 
 
 def _address(host: str, port: int) -> str:
