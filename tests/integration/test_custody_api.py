@@ -40,7 +40,7 @@ from fleet.custody.catalogue import load_catalogue
 from fleet.custody.lifecycle import CaseState, CustodyBook
 from fleet.custody.people import PinHashing
 from fleet.custody.register import day_register
-from fleet.custody.setup import CustodySources
+from fleet.custody.setup import CustodySources, StockFileError, load_vault_stock
 from fleet.dispatch.bus import AsyncBus
 from fleet.dispatch.core import CoreConfig, FleetCore
 from fleet.store import open_store
@@ -783,3 +783,106 @@ async def reflected(channel: grpc.aio.Channel) -> list[str]:
     async for response in stub.ServerReflectionInfo(iter([request])):
         names.extend(s.name for s in response.list_services_response.service)
     return names
+
+
+async def test_a_robot_fault_recovered_by_two_people_and_carried_by_hand(desk: Desk) -> None:
+    case_id = await desk.request()
+    await desk.approve(case_id)
+    await desk.pick(case_id)
+    await desk.verify(case_id)
+    await desk.load(case_id, seal="SEAL-0001")
+    await desk.robot(lambda book, now: book.depart(case_id, now=now))
+    await desk.robot(
+        lambda book, now: book.robot_fault(
+            case_id, now=now, detail="drive fault", location="L2-C-07"
+        )
+    )
+    await desk.robot(lambda book, now: book.start_recovery(case_id, now=now), dt=300)
+    # A logistics person may only be the second person of a recovery, not lead it.
+    await desk.refused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        desk.stub.Recover,
+        custody_pb2.RecoverRequest(
+            case_id=case_id,
+            pharmacist=creds("log-novak"),
+            second=creds("ph-okafor"),
+            seal_intact=True,
+            seal_id_seen="SEAL-0001",
+            blind_count=counts(F2706=5),
+        ),
+    )
+    recovered = await desk.call(
+        desk.stub.Recover,
+        custody_pb2.RecoverRequest(
+            case_id=case_id,
+            pharmacist=creds("ph-okafor"),
+            second=creds("log-novak"),
+            seal_intact=True,
+            seal_id_seen="SEAL-0001",
+            blind_count=counts(F2706=5),
+        ),
+    )
+    assert recovered.custody_case.state == custody_pb2.CASE_STATE_RECOVERED
+    (override,) = recovered.events
+    assert (override.event_type, override.to_custodian, override.witness) == (
+        "OVERRIDE",
+        "person:ph-okafor",
+        "log-novak",
+    )
+    await desk.call(
+        desk.stub.HandCarry,
+        custody_pb2.HandCarryRequest(case_id=case_id, carrier=creds("ph-okafor")),
+    )
+    receive = custody_pb2.ReceiveRequest(
+        case_id=case_id, recipient=creds("an-wang"), blind_count=counts(F2706=5)
+    )
+    # From a carrier, the carrier's two factors are part of the hand-over (named as sent).
+    await desk.refused(grpc.StatusCode.INVALID_ARGUMENT, desk.stub.Receive, receive, "carrier")
+    receive.carrier.CopyFrom(creds("ph-okafor"))
+    received = await desk.call(desk.stub.Receive, receive)
+    assert received.custody_case.custodian == "person:an-wang"
+    assert [(e.from_custodian, e.witness) for e in received.events] == [
+        ("person:ph-okafor", "ph-okafor")
+    ]
+
+
+def test_a_bad_stock_file_names_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "stock.yaml"
+    path.write_text(
+        "lots:\n"
+        "  - drug_code: 86999900000101\n"  # unquoted: a number to YAML
+        "    lot: X1\n"
+        "    expiry: 2027-06-30\n"
+        "    units: 5\n"
+        "    received: 2026-01-01\n"
+        '  - drug_code: "86999900000101"\n'
+        "    lot: X2\n"
+        "    expiry: someday\n"
+        "    units: 0\n"
+        "    received: 2026-01-01\n"
+        '  - drug_code: "86999900000101"\n'
+        "    lot: X3\n"
+        "    expiry: 2026-01-31\n"
+        "    units: 5\n"
+        "    received: 2026-02-01\n"
+        "    colour: red\n",
+        encoding="utf-8",
+    )
+    catalogue = load_catalogue(SOURCES.catalogue)
+    with pytest.raises(StockFileError) as caught:
+        load_vault_stock(path, catalogue)
+    where = [issue.path for issue in caught.value.issues]
+    assert where == ["lots[0].drug_code", "lots[1].expiry", "lots[1].units", "lots[2].colour"]
+    assert "quote it" in caught.value.issues[0].message
+    # The expired-on-receipt lot is named once the file is otherwise right.
+    path.write_text(
+        "lots:\n"
+        '  - drug_code: "86999900000101"\n'
+        "    lot: X3\n"
+        "    expiry: 2026-01\n"
+        "    units: 5\n"
+        "    received: 2026-02-01\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(StockFileError, match=r"lots\[0\]: lot X3 .* expired on 2026-01-31"):
+        load_vault_stock(path, catalogue)
