@@ -25,6 +25,8 @@ from fleet.building.graph import BuildingGraph
 from fleet.building.loader import load_building
 from fleet.building.model import Building, StationKind
 from fleet.clock import ManualClock
+from fleet.custody.ledger import CustodyEvent, Ledger, verify
+from fleet.custody.lifecycle import LedgerSink
 from fleet.dispatch import messages as m
 from fleet.dispatch.bus import Router, replan_now
 from fleet.dispatch.core import CoreConfig, FleetCore
@@ -35,6 +37,7 @@ from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.planning import Plan, Problem, solve
 from fleet.v1 import infrastructure_pb2, robot_pb2
+from simulators.custody_day import CustodyDay
 from simulators.infrastructure import LIFT_HEARTBEAT_S, SimDoorController, SimLiftController
 from simulators.robot import RobotSpec, SimRobot
 from simulators.scheduling import VirtualLoop
@@ -57,6 +60,10 @@ DRAIN_S = 2 * 3600.0
 # the twin, which solves in virtual time (330 s instead of 37 s, measured 2026-11-27).
 DEFER_MARGIN_S = 45 * 60.0
 DEFER_BY_DEFAULT = frozenset({"hospital-day"})
+# The controlled-drug day (simulators.custody_day): cases end hours after their request
+# (surgery, reconciliation, the return leg), so the run waits up to this long for them.
+CUSTODY_WORKLOAD = "controlled-drugs"
+CUSTODY_DRAIN_S = 4 * 3600.0
 
 
 def default_defer_margin_s(workload_name: str) -> float | None:
@@ -399,7 +406,19 @@ def dispatcher(name: str, time_limit_s: float, seed: int) -> Callable[[Problem],
 def workload(
     name: str, building: Building, start: float, hours: float, seed: int, robots: int
 ) -> list[TimedOrder]:
-    """The orders of workload `name`; ValueError naming the choices for an unknown name."""
+    """The orders of workload `name`; ValueError naming the choices for an unknown name.
+
+    `controlled-drugs` places no orders of its own: its simulated people do, through the
+    custody desk, as their cases go (`simulators.custody_day`)."""
+    if name == CUSTODY_WORKLOAD:
+        if "PHARMACY" not in building.stations or not any(
+            s.startswith("OR-") for s in building.stations
+        ):
+            raise ValueError(
+                f"--workload {CUSTODY_WORKLOAD}: the map needs a PHARMACY station and OR-* "
+                "stations (the demo hospital has them)"
+            )
+        return []
     if name == "standard":
         return standard_workload(building, start, hours, seed, scale=max(1.0, robots / 10))
     from simulators import workload as workloads
@@ -408,7 +427,7 @@ def workload(
     if name not in known:
         raise ValueError(
             f"--workload: unknown workload {name!r}; choose from "
-            + ", ".join(sorted({"standard", *known}))
+            + ", ".join(sorted({"standard", CUSTODY_WORKLOAD, *known}))
         )
     return known[name](building, start, hours, seed)
 
@@ -424,9 +443,15 @@ def run_simulation(
     dispatcher_name: str = "optimizer",
     workload_name: str = "standard",
     defer_margin_s: float | None = None,
+    demand_robots: int | None = None,
+    custody_ledger: Callable[[ManualClock], LedgerSink] | None = None,
 ) -> SimulationResult:
     """Run `hours` of a workload with `robots` robots; then let robots finish the orders still
     open (up to DRAIN_S) and fail, with a reason, whatever is left.
+
+    `demand_robots`: size the workload for a fleet of that many robots (the standard workload's
+    rates scale with it) instead of `robots`: a large fleet in a building whose lifts carry
+    less than that fleet's standard demand.
 
     `defer_margin_s`: the optimizer's late-commitment margin (0: off; None: the workload's
     default, see `default_defer_margin_s`).
@@ -446,18 +471,57 @@ def run_simulation(
         ),
     )
     start = twin.clock.now()
-    orders = workload(workload_name, building, start, hours, seed, robots)
+    orders = workload(
+        workload_name,
+        building,
+        start,
+        hours,
+        seed,
+        robots if demand_robots is None else demand_robots,
+    )
     twin.start()
     for timed in orders:
         twin.place(timed)
+    custody = None
+    if workload_name == CUSTODY_WORKLOAD:
+        sink = custody_ledger(twin.clock) if custody_ledger else Ledger(twin.clock)
+        custody = CustodyDay(twin, sink, hours, seed)
+        custody.start()
     end = start + hours * 3600.0
     twin.run_until(end)
-    twin.run_until(end + DRAIN_S, stop_when_done=True)
+    if custody is None:
+        twin.run_until(end + DRAIN_S, stop_when_done=True)
+    else:
+        day = custody
+        twin.run_until(
+            end + CUSTODY_DRAIN_S, stop=lambda: twin.all_done() and day.open_cases() == 0
+        )
     _close_out(twin)
     report = kpi_report(twin, time.perf_counter() - wall0, start)
+    if custody is not None:
+        report["custody"] = custody_report(custody)
     return SimulationResult(
         report, twin.core, twin.world, twin.robots, twin.doors, twin.lifts, twin.rejected
     )
+
+
+def custody_report(day: CustodyDay) -> dict[str, Any]:
+    """The custody part of the report: the day's cases, the ledger's verification (the whole
+    chain) and whether the register of each day balances."""
+    events = _ledger_events(day.ledger)
+    out = day.result(events).summary()
+    check = verify(events)
+    out["ledger_verified"] = check.ok
+    out["ledger_problem"] = "" if check.ok else str(check)
+    return out
+
+
+def _ledger_events(sink: object) -> list[CustodyEvent]:
+    store = getattr(sink, "store", None)  # ClockedSink over a LedgerStore
+    if store is not None and hasattr(store, "iter_events"):
+        return list(store.iter_events())
+    events = getattr(sink, "events", None)
+    return list(events) if events is not None else []
 
 
 def _close_out(twin: FastTwin) -> None:

@@ -30,6 +30,7 @@ RobotSink = Callable[[m.WelcomeRobot | m.SendStep | m.SendInstantAction], None]
 DeviceSink = Callable[[m.DoorCommand | m.LiftCommand], None]
 OrderSink = Callable[[Order], None]
 AlertSink = Callable[[m.Alert], None]
+CustodySink = Callable[[m.SecureStop], None]
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Router:
     devices: dict[str, DeviceSink] = field(default_factory=dict)  # door or lift id -> sink
     watchers: list[OrderSink] = field(default_factory=list)
     alert_watchers: list[AlertSink] = field(default_factory=list)
+    # The custody desk: robots waiting at secure stations for people.
+    custody_watchers: list[CustodySink] = field(default_factory=list)
     undelivered: int = 0
 
     def route(self, outs: list[m.Outbound]) -> None:
@@ -62,6 +65,12 @@ class Router:
             # Alerts are also kept by the core (`FleetCore.alerts`); nobody watching is fine.
             for alert_sink in list(self.alert_watchers):
                 alert_sink(out)
+            return
+        if isinstance(out, m.SecureStop):
+            if not self.custody_watchers:
+                self.undelivered += 1
+            for custody_sink in list(self.custody_watchers):
+                custody_sink(out)
             return
         if isinstance(out, m.DoorCommand | m.LiftCommand):
             device = out.door_id if isinstance(out, m.DoorCommand) else out.lift_id

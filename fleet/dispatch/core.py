@@ -16,6 +16,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.building.graph import BuildingGraph, LaneLeg, NoRoute
 from fleet.building.model import Building, DoorKind, Lane, StationKind
@@ -286,7 +287,13 @@ class FleetCore:
             return self._create_order(msg)
         if isinstance(msg, m.CancelOrder):
             return self._cancel_order(msg)
-        if isinstance(msg, m.RobotHello):
+        if isinstance(msg, m.RedirectOrder):
+            return self._redirect_order(msg)
+        if isinstance(msg, m.SealCompartment):
+            self._seal_compartment(msg)
+        elif isinstance(msg, m.OpenCompartment):
+            self._open_compartment(msg)
+        elif isinstance(msg, m.RobotHello):
             self._robot_hello(msg)
         elif isinstance(msg, m.RobotStateReport):
             self._robot_state(msg)
@@ -350,6 +357,15 @@ class FleetCore:
             )
         outbound = self._check_return(cmd, cmd.cargo_class) if cmd.return_of else None
         self._check_weight(cmd, cmd.cargo_class, outbound)
+        if cmd.custody_case:
+            if cmd.cargo_class is not CargoClass.CONTROLLED_DRUG:
+                raise InvalidArgument(
+                    "custody_case",
+                    "only CONTROLLED_DRUG orders carry a custody case, "
+                    f"got {cmd.cargo_class.value}",
+                )
+            if len(cmd.custody_case) > 64 or not cmd.custody_case.strip():
+                raise InvalidArgument("custody_case", "must be a case id of 1-64 characters")
 
     def _check_return(self, cmd: m.CreateOrder, cargo: CargoClass) -> Order:
         """The outbound order of a controlled drug's return leg, checked as a pharmacist would.
@@ -456,6 +472,7 @@ class FleetCore:
             return_of=cmd.return_of,
             compartment=outbound.compartment if outbound else None,
             pinned_robot=outbound.robot_id if outbound else None,
+            custody_case=cmd.custody_case,
         )
         order.history.append(OrderEvent(at=now, state=OrderState.PENDING, detail="accepted"))
         # Durable before acknowledged: if the store refuses, nothing changes here.
@@ -778,8 +795,176 @@ class FleetCore:
                 if step.kind is StepKind.LIFT_ENTER:
                     run.in_lift = step.lift
                 self._outbox.append(m.SendStep(robot.id, step_id, step, session))
+                if step.secure:
+                    self._secure_stop(run, step)
                 return
             self._dispatcher_step(run, step)
+
+    # ---- custody: secure pickups and drop-offs of controlled drugs ---------------------------
+
+    def _secure(self, order_ids: Sequence[str]) -> bool:
+        """Whether a pickup or drop-off of these orders waits for people (a custody case)."""
+        return any(self.orders[oid].custody_case for oid in order_ids if oid in self.orders)
+
+    def _secure_stop(self, run: _RobotRun, step: Step) -> None:
+        """Tell the custody desk a robot now waits at a secure station for people."""
+        for oid in step.order_ids:
+            order = self.orders[oid]
+            if not order.custody_case:
+                continue
+            self._outbox.append(
+                m.SecureStop(
+                    at=self.clock.now(),
+                    robot_id=run.robot.id,
+                    order_id=oid,
+                    custody_case=order.custody_case,
+                    kind=step.kind.value,
+                    station=step.station,
+                    node=step.to_node,
+                    compartment=order.compartment + 1 if order.compartment is not None else 0,
+                )
+            )
+            self._log(run, f"waiting at {step.station} for custody of {oid}", "SECURE_STOP", step)
+
+    def _waiting_secure(self, order_id: str, kind: StepKind) -> tuple[_RobotRun, Order]:
+        """The robot standing at the secure `kind` step of custody order `order_id`;
+        FailedPrecondition naming where the order is otherwise."""
+        order = self.orders.get(order_id)
+        if order is None:
+            self.get_order(order_id)  # NotFound / InvalidArgument
+            raise FailedPrecondition(f"order {order_id} is already finished")
+        if not order.custody_case:
+            raise FailedPrecondition(f"order {order_id} carries no custody case")
+        run = self.robots.get(order.robot_id or "")
+        flight = run.in_flight if run is not None else None
+        if (
+            run is None
+            or flight is None
+            or flight[1].kind is not kind
+            or not flight[1].secure
+            or order_id not in flight[1].order_ids
+        ):
+            where = f"with {order.robot_id}" if order.robot_id else "not assigned to a robot"
+            raise FailedPrecondition(
+                f"order {order_id} is {order.state.value} {where}: no robot waits at its "
+                f"{kind.value.lower()} ({self._station_of(order, kind)}) yet"
+            )
+        if not run.connected:
+            raise FailedPrecondition(f"robot {run.robot.id} is offline")
+        return run, order
+
+    @staticmethod
+    def _station_of(order: Order, kind: StepKind) -> str:
+        return order.pickup_station if kind is StepKind.PICKUP else order.dropoff_station
+
+    def _compartment_action(
+        self, run: _RobotRun, order: Order, kind: m.InstantKind, **fields: Any
+    ) -> None:
+        number = order.compartment + 1 if order.compartment is not None else 0
+        self._outbox.append(
+            m.SendInstantAction(
+                run.robot.id,
+                next(self._action_ids),
+                kind,
+                reason=f"custody {order.custody_case}",
+                compartment=number,
+                **fields,
+            )
+        )
+
+    def _seal_compartment(self, cmd: m.SealCompartment) -> None:
+        if not cmd.seal_id.strip():
+            raise InvalidArgument("seal_id", "is required")
+        run, order = self._waiting_secure(cmd.order_id, StepKind.PICKUP)
+        self._compartment_action(run, order, m.InstantKind.SEAL_COMPARTMENT, seal_id=cmd.seal_id)
+        self._log(
+            run,
+            f"seal {cmd.seal_id} on {order.id}",
+            "SEAL",
+            run.in_flight[1] if run.in_flight else None,
+        )
+
+    def _open_compartment(self, cmd: m.OpenCompartment) -> None:
+        if not cmd.grant_id.strip():
+            raise InvalidArgument("grant_id", "is required")
+        if not cmd.staff_id.strip():
+            raise InvalidArgument("staff_id", "is required")
+        if not 0 < cmd.open_for_s < math.inf:
+            raise InvalidArgument("open_for_s", f"must be > 0 seconds, got {cmd.open_for_s}")
+        run, order = self._waiting_secure(cmd.order_id, StepKind.DROPOFF)
+        self._compartment_action(
+            run,
+            order,
+            m.InstantKind.OPEN_COMPARTMENT,
+            grant_id=cmd.grant_id,
+            staff_id=cmd.staff_id,
+            open_for_s=cmd.open_for_s,
+        )
+        self._log(run, f"open {order.id} for {cmd.staff_id}", "OPEN", None)
+
+    def _redirect_order(self, cmd: m.RedirectOrder) -> Order:
+        """A custody order on board goes to `cmd.dropoff_station` instead; a robot waiting at
+        its secure drop-off leaves it (the step is cancelled, the compartment stays sealed)."""
+        stations = self.building.stations
+        if cmd.dropoff_station not in stations:
+            raise InvalidArgument("dropoff_station", f"unknown station {cmd.dropoff_station!r}")
+        order = self.orders.get(cmd.order_id)
+        if order is None:
+            self.get_order(cmd.order_id)
+            raise FailedPrecondition(f"order {cmd.order_id} is already finished")
+        if not order.custody_case:
+            raise FailedPrecondition(f"order {order.id} carries no custody case")
+        if order.state is not OrderState.PICKED_UP:
+            raise FailedPrecondition(
+                f"order {order.id} is {order.state.value}; only an order on board is redirected"
+            )
+        run = self.robots[order.robot_id or ""]
+        now = self.clock.now()
+        old = order.dropoff_station
+        order.dropoff_station = cmd.dropoff_station
+        order.history.append(
+            OrderEvent(
+                at=now,
+                state=order.state,
+                detail=f"redirected from {old} to {cmd.dropoff_station}: {cmd.reason}",
+            )
+        )
+        self._mark(order)
+        self._outbox.append(m.OrderChanged(copy.deepcopy(order)))
+        node = stations[cmd.dropoff_station].node
+        flight = run.in_flight
+        at_dropoff = (
+            flight is not None
+            and flight[1].kind is StepKind.DROPOFF
+            and order.id in flight[1].order_ids
+        )
+        heading_there = run.current_stop is not None and order.id in run.current_stop.order_ids
+        # Its old drop-off leaves the plan; the new one comes first (it travels alone).
+        future: list[Stop] = []
+        for stop in run.future:
+            if stop.kind is StopKind.DROPOFF and order.id in stop.order_ids:
+                ids = tuple(i for i in stop.order_ids if i != order.id)
+                if not ids:
+                    continue
+                stop = Stop(stop.node, stop.kind, ids, stop.arrival, stop.departure)
+            future.append(stop)
+        run.future = [Stop(node, StopKind.DROPOFF, (order.id,), now, now), *future]
+        if at_dropoff:
+            self._outbox.append(
+                m.SendInstantAction(
+                    run.robot.id, next(self._action_ids), m.InstantKind.CANCEL_STEP, cmd.reason
+                )
+            )
+            run.in_flight = None
+        if at_dropoff or heading_there:
+            self._end_wait(run)
+            run.steps.clear()
+            run.current_stop = None
+        self._log(run, f"{order.id} redirected to {cmd.dropoff_station}: {cmd.reason}", "REDIRECT")
+        self.plan_epoch += 1
+        self._advance(run)
+        self._request_replan()
+        return copy.deepcopy(order)
 
     def _refresh_pickup(self, run: _RobotRun, step: Step) -> Step:
         """The pickup step without orders cancelled or re-assigned since it was planned."""
@@ -796,6 +981,7 @@ class FleetCore:
             quantity=quantity,
             to_node=step.to_node,
             compartments=tuple(c for c in step.compartments if c[0] in ids),
+            secure=self._secure(ids),
         )
         run.steps[0] = fresh
         return fresh
@@ -845,6 +1031,7 @@ class FleetCore:
                     quantity=quantity,
                     to_node=stop.node,
                     compartments=self._compartments_of(ids),
+                    secure=self._secure(ids),
                 )
             )
             run.steps = deque(steps)

@@ -24,6 +24,9 @@ class CreateOrder:
 
     `weight_kg`: the load's weight (0: not given). `return_of`: for a controlled drug's return
     leg, the id of the delivered outbound order it returns from ("" otherwise).
+    `custody_case`: the controlled-drug custody case the order carries ("" for none): its
+    pickup and drop-off are secure steps (see `fleet.traffic.steps.Step.secure`), and the
+    custody desk seals and opens the compartment (`SealCompartment`, `OpenCompartment`).
     """
 
     pickup_station: str
@@ -36,6 +39,7 @@ class CreateOrder:
     note: str = ""
     weight_kg: float = 0.0
     return_of: str = ""
+    custody_case: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,36 @@ class CancelOrder:
 
     order_id: str
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SealCompartment:
+    """The custody desk recorded the loading of a custody order's compartment: the robot
+    waiting at the secure pickup locks it under `seal_id` and leaves."""
+
+    order_id: str
+    seal_id: str
+
+
+@dataclass(frozen=True)
+class OpenCompartment:
+    """The custody desk authenticated `staff_id` for a custody order: the robot waiting at
+    its secure drop-off opens the compartment for them for `open_for_s` seconds."""
+
+    order_id: str
+    grant_id: str
+    staff_id: str
+    open_for_s: float
+
+
+@dataclass(frozen=True)
+class RedirectOrder:
+    """Send a custody order on board to another station (nobody came to receive it: back to
+    the pharmacy). The robot leaves the drop-off it waits at, its compartment still sealed."""
+
+    order_id: str
+    dropoff_station: str
+    reason: str
 
 
 # ---- inbound: events from robots and infrastructure ---------------------------------------
@@ -232,6 +266,9 @@ class Tick:
 Inbound = (
     CreateOrder
     | CancelOrder
+    | SealCompartment
+    | OpenCompartment
+    | RedirectOrder
     | RobotHello
     | RobotStateReport
     | StepReport
@@ -363,6 +400,22 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class SecureStop:
+    """A robot stands at a station with a custody order, waiting for people: to load and seal
+    its compartment (PICKUP) or to open it for the recipient (DROPOFF). `compartment` is
+    numbered from 1, as in the robot protocol (0: the robot has no compartment rule)."""
+
+    at: float
+    robot_id: str
+    order_id: str
+    custody_case: str
+    kind: str  # "PICKUP" or "DROPOFF"
+    station: str
+    node: str
+    compartment: int
+
+
+@dataclass(frozen=True)
 class OrderChanged:
     """An order changed; watchers are told."""
 
@@ -381,5 +434,12 @@ class StepRecord:
 
 
 Outbound = (
-    WelcomeRobot | SendStep | SendInstantAction | DoorCommand | LiftCommand | OrderChanged | Alert
+    WelcomeRobot
+    | SendStep
+    | SendInstantAction
+    | DoorCommand
+    | LiftCommand
+    | OrderChanged
+    | Alert
+    | SecureStop
 )

@@ -70,6 +70,8 @@ class Order:
     - `pinned_robot`: the only robot that may carry the order (a return leg stays on the robot
       that brought the outbound); None: any robot. A pinned order's `compartment` is fixed from
       the start: the outbound's (see `pinned_compartment`).
+    - `custody_case`: the controlled-drug custody case it carries ("" for none); its pickup and
+      drop-off wait for people (secure steps).
     """
 
     id: str
@@ -93,6 +95,7 @@ class Order:
     return_of: str = ""
     compartment: int | None = None
     pinned_robot: str | None = None
+    custody_case: str = ""
 
     @property
     def pinned_compartment(self) -> int | None:

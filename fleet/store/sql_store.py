@@ -308,6 +308,7 @@ def _copy_order_fields(order: Order, row: OrderRow) -> None:
     row.return_of = order.return_of
     row.compartment = order.compartment
     row.pinned_robot = order.pinned_robot
+    row.custody_case = order.custody_case
 
 
 def _event_rows(order: Order, start: int) -> list[OrderEventRow]:
@@ -365,6 +366,7 @@ def _order(row: OrderRow, history: list[OrderEvent]) -> Order:
         return_of=row.return_of,
         compartment=row.compartment,
         pinned_robot=row.pinned_robot,
+        custody_case=row.custody_case,
     )
 
 

@@ -38,6 +38,7 @@ class OrderRow(SQLModel, table=True):
     return_of: str = ""  # the outbound order of a return leg
     compartment: int | None = None  # index from 0; NULL while not known
     pinned_robot: str | None = None
+    custody_case: str = ""  # the controlled-drug custody case carried ("" for none)
 
 
 class OrderEventRow(SQLModel, table=True):

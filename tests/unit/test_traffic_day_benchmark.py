@@ -67,6 +67,7 @@ def test_tiny_day_prints_the_figures_of_the_report(
         "solve_time_limit_s": 0.5,
         "dispatcher_name": "optimizer",
         "workload_name": "standard",
+        "demand_robots": None,
     }
     assert code == 0
     assert report["orders_created"] > 0 and report["robots"] == 6
@@ -119,6 +120,24 @@ def test_without_json_the_table_goes_to_stdout(
     assert captured.err == ""
     rows = parse_table(captured.out)
     assert rows["orders delivered"] == str(spy.result.report["orders_delivered"])
+
+
+def test_demand_robots_sizes_the_workload_apart_from_the_fleet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same fleet with the standard demand of 30 robots instead of 6: more orders.
+    small = Spy(monkeypatch)
+    assert traffic_day.main([*TINY, "--json"]) == 0
+    capsys.readouterr()
+    big = Spy(monkeypatch)
+    assert traffic_day.main([*TINY, "--demand-robots", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert big.kwargs["demand_robots"] == 30 and out["demand_robots"] == 30
+    assert small.result is not None and big.result is not None
+    assert big.result.report["robots"] == small.result.report["robots"] == 6
+    assert big.result.report["orders_created"] > small.result.report["orders_created"]
+    with pytest.raises(SystemExit):
+        traffic_day.main([*TINY, "--demand-robots", "0"])
 
 
 def _clean_report() -> dict[str, Any]:
