@@ -771,12 +771,19 @@ class FleetCore:
             if run.in_flight is not None or run.waiting is not None:
                 return
             if not run.steps:
-                if run.current_stop is not None:
+                finished = run.current_stop is not None
+                if finished:
                     run.current_stop = None
                 if not self._start_next_stop(run):
                     robot.mode = RobotMode.IDLE
-                    if not self._top_up(run):
-                        return
+                    if self._top_up(run):
+                        continue
+                    # Done at a one-robot spot (a docking hatch) with nothing to do next: leave
+                    # it free for the next robot rather than wait to be asked (its only way out
+                    # may be the door the next robot queues for).
+                    if finished and self.resources.node_resource(robot.node):
+                        self._back_off(run, "leaving a one-robot spot free")
+                    return
                 continue
             step = run.steps[0]
             if step.kind is StepKind.PICKUP:

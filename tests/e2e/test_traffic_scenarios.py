@@ -345,3 +345,27 @@ def test_operator_pauses_and_resumes_robots_and_closes_and_reopens_the_way(
     with pytest.raises(InvalidArgument, match="unknown lane"):
         t.handle(m.OperatorCommand(m.OperatorAction.CLOSE_LANE, "L1-C-1--L2-C-2"))
     sound(t)
+
+
+def test_an_idle_robot_leaves_a_docking_hatch_free() -> None:
+    # The demo hospital's pharmacy hatch is a one-robot spot whose only way out is the door the
+    # next robot queues for: a robot that finished there with nothing to do must not stay.
+    hospital = load_building(Path(__file__).parents[2] / "maps" / "demo_hospital.yaml")
+    t = make_twin(hospital, ("FIRST", "B1-C-04"), ("SECOND", "B1-PARK-3"))
+    first = t.handle(m.CreateOrder("WH-PORT-1", "PHARMACY", CargoClass.CLEAN, 1))
+    assert first is not None
+    t.run_until(t.clock.now() + HOUR, stop_when_done=True)
+    assert t.core.orders[first.id].state is OrderState.DELIVERED
+    t.run_until(t.clock.now() + 120)
+    assert t.core.robots[first.robot_id or ""].robot.node != "B1-PHARMACY"
+    assert any(
+        r.kind == "BACK_OFF" and "one-robot spot" in r.what and r.robot_id == first.robot_id
+        for r in t.core.step_log
+    )
+    # Both robots now take turns at the hatch, and nobody waits for an idle robot.
+    later = [place(t, "PHARMACY", f"OR-0{i}") for i in (1, 2)]
+    t.run_until(t.clock.now() + 2 * HOUR, stop_when_done=True)
+    assert all(t.core.orders[o].state is OrderState.DELIVERED for o in later)
+    t.run_until(t.clock.now() + 120)
+    assert all(run.robot.node != "B1-PHARMACY" for run in t.core.robots.values())
+    sound(t)
