@@ -2,20 +2,31 @@
 
 It receives `DispatcherMessage`s and sends `RobotMessage`s, exactly as a vendor's robot does;
 whether those travel over gRPC or an in-process transport is not its business.
+
+Its lockable compartments (controlled-drug custody: secure pickups and drop-offs,
+SEAL_COMPARTMENT, OPEN_COMPARTMENT) follow `simulators.compartments.Compartments`, in `locks`;
+the simulated recipient's timing and absence are set there. Fault injection: `inject_fault` /
+`clear_fault` (a robot in fault never opens a compartment) and `tamper` (break a seal).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fleet.api import convert
 from fleet.building.graph import LIFT_TRANSFER_S
 from fleet.building.model import Building
+from fleet.dispatch import messages as m
 from fleet.domain.cargo import CargoClass
+from fleet.domain.errors import InvalidArgument
 from fleet.v1 import common_pb2, robot_pb2
+from simulators.compartments import Compartments
 from simulators.scheduling import Cancellable, Scheduler
 from simulators.world import World
+
+log = logging.getLogger(__name__)
 
 # Battery drawn per metre driven, in percent: a full battery lasts about 10 km.
 _DRAIN_PER_M = 0.01
@@ -64,12 +75,18 @@ class SimRobot:
         self.carrying: list[str] = []
         self.compartments: dict[int, str] = {}  # compartment number (from 1) -> order id in it
         self.compartment_conflicts: list[str] = []
+        # Locks and seals of the compartments (custody); reported in every state message.
+        self.locks = Compartments(spec.compartments, name=spec.robot_id)
+        self.fault: str | None = None  # the injected fault's description, while in fault
         self.connected = False
         self.paused = False
         self.steps_done = 0
         self._timer: Cancellable | None = None
         self._state_timer: Cancellable | None = None
+        self._locks_timer: Cancellable | None = None
         self._step: robot_pb2.StepCommand | None = None
+        # A secure pickup/drop-off whose docking time is over, waiting for a seal or an opening.
+        self._waiting_for_locks = False
 
     @property
     def level(self) -> str:
@@ -107,14 +124,17 @@ class SimRobot:
             )
         )
         self._schedule_state()
+        self._schedule_locks()
 
     def disconnect(self) -> None:
-        """Stop talking (a dead radio, a crash): abandon the step, stand where it is."""
+        """Stop talking (a dead radio, a crash): abandon the step, stand where it is. Grants
+        not yet used lapse (a dead robot never opens); a door already open is closed by its
+        person and relocks once the robot is back."""
         self.connected = False
-        for timer in (self._timer, self._state_timer):
+        for timer in (self._timer, self._state_timer, self._locks_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._state_timer = None
+        self._timer = self._state_timer = self._locks_timer = None
         self._stop_charging()
         if self._step is not None:
             self._abandon(self._step)
@@ -139,6 +159,9 @@ class SimRobot:
             self.world.occupy(now, self.world.node_resource(self.node), robot)
         elif kind == "exit_lift":
             self.world.vacate(now, self.world.node_resource(step.exit_lift.to_node), robot)
+        elif kind in ("pickup", "dropoff"):
+            self.locks.cancel_step(now)
+        self._waiting_for_locks = False
 
     def _schedule_state(self) -> None:
         self._state_timer = self.scheduler.call_later(self.state_interval_s, self._state_tick)
@@ -150,10 +173,12 @@ class SimRobot:
         self._schedule_state()
 
     def send_state(self) -> None:
-        """Report pose, battery and mode now."""
+        """Report pose, battery, mode and compartments now."""
         node = self.building.nodes[self.node]
         mode = (
-            robot_pb2.ROBOT_MODE_PAUSED
+            robot_pb2.ROBOT_MODE_FAULT
+            if self.fault is not None
+            else robot_pb2.ROBOT_MODE_PAUSED
             if self.paused
             else robot_pb2.ROBOT_MODE_CHARGING
             if self._charging_since is not None
@@ -169,6 +194,8 @@ class SimRobot:
                     last_node=self.node,
                     battery_percent=self.battery_now(),
                     mode=mode,
+                    errors=[self.fault] if self.fault is not None else [],
+                    compartments=[convert.compartment_status_to_pb(c) for c in self.locks.status()],
                 )
             )
         )
@@ -193,13 +220,107 @@ class SimRobot:
             self.paused = True
         elif action.type == robot_pb2.INSTANT_ACTION_TYPE_RESUME:
             self.paused = False
-        elif action.type == robot_pb2.INSTANT_ACTION_TYPE_CANCEL_STEP and self._timer:
-            self._timer.cancel()
+        elif action.type == robot_pb2.INSTANT_ACTION_TYPE_CANCEL_STEP and self._step is not None:
+            # A secure step waiting for its seal or its recipient has no timer running.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._stop_charging()
-            if self._step is not None:
-                self._abandon(self._step)
+            self._abandon(self._step)
             self._step = None
+        elif action.type in (
+            robot_pb2.INSTANT_ACTION_TYPE_SEAL_COMPARTMENT,
+            robot_pb2.INSTANT_ACTION_TYPE_OPEN_COMPARTMENT,
+        ):
+            self._custody_action(action)
+        self._locks_changed()  # reports the state
+
+    def _custody_action(self, action: robot_pb2.InstantAction) -> None:
+        """SEAL_COMPARTMENT / OPEN_COMPARTMENT: checked as a vendor's robot would, then handed
+        to the compartment model; a refusal is logged and changes nothing."""
+        now = self.scheduler.now()
+        robot = self.spec.robot_id
+        try:
+            act = convert.instant_action_from_pb(action, robot)
+        except InvalidArgument as exc:
+            line = f"{now:.0f}: {robot} refused: action {action.action_id}: {exc}"
+            self.locks.refused.append(line)
+            log.warning("%s", line)
+        else:
+            if act.kind is m.InstantKind.SEAL_COMPARTMENT:
+                self.locks.seal(now, act.compartment, act.seal_id)
+            else:
+                self.locks.open_for(
+                    now, act.compartment, act.grant_id, act.staff_id, act.open_for_s
+                )
+
+    # ---- compartments ----------------------------------------------------------------------
+
+    def _schedule_locks(self) -> None:
+        """Wake up when the compartment model next has something to do."""
+        if self._locks_timer is not None:
+            self._locks_timer.cancel()
+            self._locks_timer = None
+        at = self.locks.next_event_at()
+        if at is not None and self.connected:
+            self._locks_timer = self.scheduler.call_later(
+                at - self.scheduler.now(), self._locks_tick
+            )
+
+    def _locks_tick(self) -> None:
+        self._locks_timer = None
+        if not self.connected:
+            return
+        self.locks.advance(self.scheduler.now())
+        self._locks_changed()
+
+    def _locks_changed(self) -> None:
+        """Report the compartments, and complete a secure step that was only waiting for them."""
+        self._schedule_locks()
         self.send_state()
+        if self._waiting_for_locks and self.locks.step_done():
+            self._waiting_for_locks = False
+            self._finish()
+
+    # ---- fault injection -------------------------------------------------------------------
+
+    def inject_fault(self, detail: str = "simulated fault") -> None:
+        """Fail now: the robot stops, drops its step (no report: the dispatcher sees the fault
+        in its state), and opens no compartment until `clear_fault`."""
+        now = self.scheduler.now()
+        self.fault = detail
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._stop_charging()
+        if self._step is not None:
+            self._abandon(self._step)
+        self._step = None
+        self.locks.fault(now)
+        self.world.note(now, self.spec.robot_id, f"fault: {detail}")
+        self._locks_changed()
+
+    def clear_fault(self) -> None:
+        """Recovered (by two people on site): it takes steps and obeys OPEN again."""
+        self.fault = None
+        self.locks.clear_fault()
+        self.send_state()
+
+    def forget_cargo(self, detail: str = "") -> None:
+        """Two people emptied it on site (recovery after a fault or death): it carries nothing,
+        and every compartment that held goods or a seal was opened with the service key (seal
+        broken, relocked; see `Compartments.recover`)."""
+        sealed = [s.number for s in self.locks.status() if s.seal_id and s.seal_intact]
+        self.locks.recover(self.scheduler.now(), [*self.compartments, *sealed], detail)
+        self.carrying.clear()
+        self.compartments.clear()
+        if self.connected:
+            self._locks_changed()
+
+    def tamper(self, compartment: int, detail: str = "forced") -> None:
+        """Break the seal of `compartment` (forcing, a torn tag); the next state reports it."""
+        self.locks.tamper(self.scheduler.now(), compartment, detail)
+        self._locks_changed()
 
     def battery_now(self) -> float:
         """The battery level, counting the charge gained since it docked."""
@@ -250,6 +371,9 @@ class SimRobot:
         if self._step is not None:
             self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, "busy with another step")
             return
+        if self.fault is not None:
+            self._progress(step.step_id, robot_pb2.STEP_STATUS_FAILED, f"fault: {self.fault}")
+            return
         now = self.scheduler.now()
         kind = step.WhichOneof("kind")
         duration = 0.0
@@ -297,8 +421,14 @@ class SimRobot:
             )
             duration = LIFT_TRANSFER_S
         elif kind in ("pickup", "dropoff"):
-            station = step.pickup.station if kind == "pickup" else step.dropoff.station
-            duration = self.building.stations[station].service_time_s
+            work = step.pickup if kind == "pickup" else step.dropoff
+            duration = self.building.stations[work.station].service_time_s
+            self.locks.start_step(
+                now,
+                "pickup" if kind == "pickup" else "dropoff",
+                [use.compartment for use in work.compartments],
+                work.secure,
+            )
         elif kind == "charge":
             ch = step.charge
             charger = self.building.stations.get(ch.station)
@@ -325,6 +455,13 @@ class SimRobot:
             return
         now = self.scheduler.now()
         kind = step.WhichOneof("kind")
+        if kind in ("pickup", "dropoff"):
+            if not self.locks.step_done():
+                # Docked; a secure step waits for its seal or its recipient (_locks_changed).
+                self._timer = None
+                self._waiting_for_locks = True
+                return
+            self.locks.finish_step()
         if kind == "move":
             mv = step.move
             if mv.door_id:

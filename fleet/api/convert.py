@@ -7,6 +7,7 @@ exchanges exactly the bytes a vendor's robot would.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -103,7 +104,10 @@ INSTANT_TO_PB = {
     m.InstantKind.PAUSE: robot_pb2.INSTANT_ACTION_TYPE_PAUSE,
     m.InstantKind.RESUME: robot_pb2.INSTANT_ACTION_TYPE_RESUME,
     m.InstantKind.CANCEL_STEP: robot_pb2.INSTANT_ACTION_TYPE_CANCEL_STEP,
+    m.InstantKind.SEAL_COMPARTMENT: robot_pb2.INSTANT_ACTION_TYPE_SEAL_COMPARTMENT,
+    m.InstantKind.OPEN_COMPARTMENT: robot_pb2.INSTANT_ACTION_TYPE_OPEN_COMPARTMENT,
 }
+INSTANT_FROM_PB = {v: k for k, v in INSTANT_TO_PB.items()}
 
 
 def ts(seconds: float) -> Timestamp:
@@ -177,8 +181,14 @@ def order_to_pb(order: Order) -> orders_pb2.Order:
 # ---- robots ----------------------------------------------------------------------------------
 
 
-def robot_message_from_pb(msg: robot_pb2.RobotMessage, robot_id: str) -> m.Inbound:
-    """Translate one message of a robot stream whose hello named `robot_id`."""
+def robot_message_from_pb(
+    msg: robot_pb2.RobotMessage, robot_id: str, compartments: int | None = None
+) -> m.Inbound:
+    """Translate one message of a robot stream whose hello named `robot_id`.
+
+    `compartments`: how many compartments that hello announced (None: not known), the highest
+    compartment number a state report may name.
+    """
     kind = msg.WhichOneof("msg")
     if kind == "hello":
         return hello_from_pb(msg.hello)
@@ -194,6 +204,7 @@ def robot_message_from_pb(msg: robot_pb2.RobotMessage, robot_id: str) -> m.Inbou
             battery_percent=s.battery_percent,
             mode=MODE_FROM_PB.get(s.mode, RobotMode.IDLE),
             errors=tuple(s.errors),
+            compartments=compartments_from_pb(s.compartments, compartments),
         )
     if kind == "progress":
         p = msg.progress
@@ -207,6 +218,50 @@ def robot_message_from_pb(msg: robot_pb2.RobotMessage, robot_id: str) -> m.Inbou
             raise InvalidArgument("progress.status", "must be STARTED, COMPLETED or FAILED")
         return m.StepReport(robot_id, p.step_id, outcome, p.detail, p.node)
     raise InvalidArgument("msg", "empty robot message")
+
+
+def compartments_from_pb(
+    statuses: Iterable[robot_pb2.CompartmentStatus], count: int | None = None
+) -> tuple[m.CompartmentStatus, ...]:
+    """A robot's compartment report, sorted by number; InvalidArgument naming the field for a
+    number below 1 (or above `count`, the compartments its hello announced, when known), a
+    number reported twice, or a door reported open and locked at once.
+
+    A compartment with no seal id counts as intact (there is no seal to break); a sealed one
+    is intact only when the robot says so (proto3 leaves an unset flag false: fail safe)."""
+    out: dict[int, m.CompartmentStatus] = {}
+    for i, c in enumerate(statuses):
+        field = f"state.compartments[{i}]"
+        if c.number < 1:
+            raise InvalidArgument(f"{field}.number", f"must be >= 1, got {c.number}")
+        if count is not None and c.number > count:
+            raise InvalidArgument(
+                f"{field}.number",
+                f"compartment {c.number} does not exist: the hello announced {count}",
+            )
+        if c.number in out:
+            raise InvalidArgument(f"{field}.number", f"compartment {c.number} reported twice")
+        if c.open and c.locked:
+            raise InvalidArgument(f"{field}.locked", "an open compartment cannot be locked")
+        out[c.number] = m.CompartmentStatus(
+            number=c.number,
+            locked=c.locked,
+            seal_id=c.seal_id,
+            seal_intact=c.seal_intact if c.seal_id else True,
+            open=c.open,
+        )
+    return tuple(out[n] for n in sorted(out))
+
+
+def compartment_status_to_pb(c: m.CompartmentStatus) -> robot_pb2.CompartmentStatus:
+    """The wire form of one compartment's state (what a robot reports)."""
+    return robot_pb2.CompartmentStatus(
+        number=c.number,
+        locked=c.locked,
+        seal_id=c.seal_id,
+        seal_intact=c.seal_intact,
+        open=c.open,
+    )
 
 
 def _same_robot(given: str, expected: str) -> None:
@@ -261,11 +316,7 @@ def dispatcher_message_to_pb(
             )
         )
     if isinstance(out, m.SendInstantAction):
-        return robot_pb2.DispatcherMessage(
-            action=robot_pb2.InstantAction(
-                action_id=out.action_id, type=INSTANT_TO_PB[out.kind], reason=out.reason
-            )
-        )
+        return robot_pb2.DispatcherMessage(action=instant_action_to_pb(out))
     step = out.step
     cmd = robot_pb2.StepCommand(step_id=out.step_id, order_ids=list(step.order_ids))
     if step.kind is StepKind.MOVE:
@@ -295,13 +346,19 @@ def dispatcher_message_to_pb(
     elif step.kind is StepKind.PICKUP:
         cmd.pickup.CopyFrom(
             robot_pb2.PickupStep(
-                station=step.station, quantity=step.quantity, compartments=_compartments(step)
+                station=step.station,
+                quantity=step.quantity,
+                compartments=_compartments(step),
+                secure=step.secure,
             )
         )
     elif step.kind is StepKind.DROPOFF:
         cmd.dropoff.CopyFrom(
             robot_pb2.DropoffStep(
-                station=step.station, quantity=step.quantity, compartments=_compartments(step)
+                station=step.station,
+                quantity=step.quantity,
+                compartments=_compartments(step),
+                secure=step.secure,
             )
         )
     elif step.kind is StepKind.CHARGE:
@@ -315,6 +372,52 @@ def dispatcher_message_to_pb(
     else:  # pragma: no cover - dispatcher-side steps are never sent
         raise ValueError(f"{step.kind} is not a robot step")
     return robot_pb2.DispatcherMessage(step=cmd)
+
+
+def instant_action_to_pb(out: m.SendInstantAction) -> robot_pb2.InstantAction:
+    """The wire form of an instant action; the custody fields only for the kinds that use them
+    (SEAL: compartment, seal_id; OPEN: compartment, grant_id, staff_id, open_for_s)."""
+    pb = robot_pb2.InstantAction(
+        action_id=out.action_id, type=INSTANT_TO_PB[out.kind], reason=out.reason
+    )
+    if out.kind is m.InstantKind.SEAL_COMPARTMENT:
+        pb.compartment, pb.seal_id = out.compartment, out.seal_id
+    elif out.kind is m.InstantKind.OPEN_COMPARTMENT:
+        pb.compartment, pb.grant_id, pb.staff_id = out.compartment, out.grant_id, out.staff_id
+        pb.open_for_s = out.open_for_s
+    return pb
+
+
+def instant_action_from_pb(pb: robot_pb2.InstantAction, robot_id: str) -> m.SendInstantAction:
+    """The core form of an instant action (what a robot, or a test, reads back from the wire);
+    InvalidArgument naming the field for an unknown type or a custody action without the
+    fields it needs."""
+    kind = INSTANT_FROM_PB.get(pb.type)
+    if kind is None:
+        raise InvalidArgument("action.type", f"unknown value {pb.type}")
+    custody = (m.InstantKind.SEAL_COMPARTMENT, m.InstantKind.OPEN_COMPARTMENT)
+    if kind in custody and pb.compartment < 1:
+        raise InvalidArgument("action.compartment", f"must be >= 1, got {pb.compartment}")
+    if kind is m.InstantKind.SEAL_COMPARTMENT and not pb.seal_id:
+        raise InvalidArgument("action.seal_id", "is required to seal a compartment")
+    if kind is m.InstantKind.OPEN_COMPARTMENT:
+        if not pb.grant_id:
+            raise InvalidArgument("action.grant_id", "is required to open a compartment")
+        if not pb.staff_id:
+            raise InvalidArgument("action.staff_id", "is required to open a compartment")
+        if not (pb.open_for_s > 0 and math.isfinite(pb.open_for_s)):
+            raise InvalidArgument("action.open_for_s", "must be a finite number > 0")
+    return m.SendInstantAction(
+        robot_id=robot_id,
+        action_id=pb.action_id,
+        kind=kind,
+        reason=pb.reason,
+        compartment=pb.compartment,
+        seal_id=pb.seal_id,
+        grant_id=pb.grant_id,
+        staff_id=pb.staff_id,
+        open_for_s=pb.open_for_s,
+    )
 
 
 def _compartments(step: Step) -> list[robot_pb2.CompartmentUse]:

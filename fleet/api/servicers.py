@@ -353,7 +353,8 @@ class RobotGatewayServicer(robot_pb2_grpc.RobotGatewayServicer):
         self._streams[robot_id] = outbox
         if replaced is not None:
             replaced.close(grpc.StatusCode.ABORTED, f"robot {robot_id} connected again")
-        reader = asyncio.create_task(self._read(requests, robot_id, outbox))
+        compartments = hello.capabilities.compartments
+        reader = asyncio.create_task(self._read(requests, robot_id, outbox, compartments))
         try:
             async for message in outbox.drain(context):
                 yield message
@@ -369,8 +370,14 @@ class RobotGatewayServicer(robot_pb2_grpc.RobotGatewayServicer):
         requests: AsyncIterator[robot_pb2.RobotMessage],
         robot_id: str,
         outbox: _Outbox[robot_pb2.DispatcherMessage],
+        compartments: int | None = None,
     ) -> None:
         """Translate the robot's messages and hand them to the core one at a time.
+
+        `compartments`: how many its hello announced (None: no compartment rule); a state
+        report naming a compartment below 1 or above that count (or one twice, or one open and
+        locked at once) is bad input like any other: the stream ends with INVALID_ARGUMENT
+        naming the field.
 
         A message that does not translate ends the stream with INVALID_ARGUMENT. Each message
         waits for the core's verdict (`submit`, not `post`): when the core refuses one, the
@@ -381,11 +388,13 @@ class RobotGatewayServicer(robot_pb2_grpc.RobotGatewayServicer):
         """
         try:
             async for message in requests:
-                inbound = convert.robot_message_from_pb(message, robot_id)
-                if isinstance(inbound, m.RobotHello) and inbound.robot_id != robot_id:
-                    raise InvalidArgument(
-                        "hello.robot_id", f"{inbound.robot_id!r} on the stream of {robot_id!r}"
-                    )
+                inbound = convert.robot_message_from_pb(message, robot_id, compartments)
+                if isinstance(inbound, m.RobotHello):
+                    if inbound.robot_id != robot_id:
+                        raise InvalidArgument(
+                            "hello.robot_id", f"{inbound.robot_id!r} on the stream of {robot_id!r}"
+                        )
+                    compartments = inbound.capabilities.compartments
                 await self._bus.submit(inbound)
         except asyncio.CancelledError:
             raise

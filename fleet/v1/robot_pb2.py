@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fleet.v1 import common_pb2 as fleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/robot.proto\x12\x08\x66leet.v1\x1a\x15\x66leet/v1/common.proto\"\x8f\x01\n\x0cRobotMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.fleet.v1.RobotHelloH\x00\x12%\n\x05state\x18\x02 \x01(\x0b\x32\x14.fleet.v1.RobotStateH\x00\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.fleet.v1.StepProgressH\x00\x42\x05\n\x03msg\"\xa3\x02\n\nRobotHello\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x0e\n\x06vendor\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\rcargo_classes\x18\x04 \x03(\x0e\x32\x14.fleet.v1.CargoClass\x12\x16\n\x0e\x63\x61pacity_slots\x18\x05 \x01(\x05\x12\x15\n\rmax_speed_m_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x63urrent_node\x18\x07 \x01(\t\x12\x1a\n\x12\x63\x61rrying_order_ids\x18\x08 \x03(\t\x12\x17\n\x0f\x62\x61ttery_percent\x18\t \x01(\x01\x12\x0f\n\x07in_lift\x18\n \x01(\t\x12\x16\n\x0emax_payload_kg\x18\x0b \x01(\x01\x12\x14\n\x0c\x63ompartments\x18\x0c \x01(\x05\"\x9b\x01\n\nRobotState\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x1c\n\x04pose\x18\x02 \x01(\x0b\x32\x0e.fleet.v1.Pose\x12\x11\n\tlast_node\x18\x03 \x01(\t\x12\x17\n\x0f\x62\x61ttery_percent\x18\x04 \x01(\x01\x12!\n\x04mode\x18\x05 \x01(\x0e\x32\x13.fleet.v1.RobotMode\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\"u\n\x0cStepProgress\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.fleet.v1.StepStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\"\x92\x01\n\x11\x44ispatcherMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.fleet.v1.StepCommandH\x00\x12)\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x17.fleet.v1.InstantActionH\x00\x42\x05\n\x03msg\"G\n\x07Welcome\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x10\n\x08map_name\x18\x02 \x01(\t\x12\x18\n\x10state_interval_s\x18\x03 \x01(\x01\"\xb3\x02\n\x0bStepCommand\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x11\n\torder_ids\x18\x02 \x03(\t\x12\"\n\x04move\x18\x03 \x01(\x0b\x32\x12.fleet.v1.MoveStepH\x00\x12-\n\nenter_lift\x18\x04 \x01(\x0b\x32\x17.fleet.v1.EnterLiftStepH\x00\x12+\n\texit_lift\x18\x05 \x01(\x0b\x32\x16.fleet.v1.ExitLiftStepH\x00\x12&\n\x06pickup\x18\x06 \x01(\x0b\x32\x14.fleet.v1.PickupStepH\x00\x12(\n\x07\x64ropoff\x18\x07 \x01(\x0b\x32\x15.fleet.v1.DropoffStepH\x00\x12&\n\x06\x63harge\x18\x08 \x01(\x0b\x32\x14.fleet.v1.ChargeStepH\x00\x42\x06\n\x04kind\"\x8a\x01\n\x08MoveStep\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x1e\n\x06target\x18\x03 \x01(\x0b\x32\x0e.fleet.v1.Pose\x12\x12\n\ndistance_m\x18\x04 \x01(\x01\x12\x15\n\rmax_speed_m_s\x18\x05 \x01(\x01\x12\x0f\n\x07\x64oor_id\x18\x06 \x01(\t\"C\n\rEnterLiftStep\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"_\n\x0c\x45xitLiftStep\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x1e\n\x06target\x18\x04 \x01(\x0b\x32\x0e.fleet.v1.Pose\"_\n\nPickupStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\x0c\x63ompartments\x18\x03 \x03(\x0b\x32\x18.fleet.v1.CompartmentUse\"`\n\x0b\x44ropoffStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\x0c\x63ompartments\x18\x03 \x03(\x0b\x32\x18.fleet.v1.CompartmentUse\"7\n\x0e\x43ompartmentUse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ompartment\x18\x02 \x01(\x05\"M\n\nChargeStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x16\n\x0etarget_percent\x18\x02 \x01(\x01\x12\x16\n\x0emax_duration_s\x18\x03 \x01(\x01\"]\n\rInstantAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.fleet.v1.InstantActionType\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xaf\x01\n\tRobotMode\x12\x1a\n\x16ROBOT_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROBOT_MODE_IDLE\x10\x01\x12\x13\n\x0fROBOT_MODE_BUSY\x10\x02\x12\x17\n\x13ROBOT_MODE_CHARGING\x10\x03\x12\x15\n\x11ROBOT_MODE_PAUSED\x10\x04\x12\x14\n\x10ROBOT_MODE_FAULT\x10\x05\x12\x16\n\x12ROBOT_MODE_OFFLINE\x10\x06*u\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_STARTED\x10\x01\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x02\x12\x16\n\x12STEP_STATUS_FAILED\x10\x03*\x9c\x01\n\x11InstantActionType\x12#\n\x1fINSTANT_ACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSTANT_ACTION_TYPE_PAUSE\x10\x01\x12\x1e\n\x1aINSTANT_ACTION_TYPE_RESUME\x10\x02\x12#\n\x1fINSTANT_ACTION_TYPE_CANCEL_STEP\x10\x03\x32R\n\x0cRobotGateway\x12\x42\n\x07\x43onnect\x12\x16.fleet.v1.RobotMessage\x1a\x1b.fleet.v1.DispatcherMessage(\x01\x30\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/robot.proto\x12\x08\x66leet.v1\x1a\x15\x66leet/v1/common.proto\"\x8f\x01\n\x0cRobotMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.fleet.v1.RobotHelloH\x00\x12%\n\x05state\x18\x02 \x01(\x0b\x32\x14.fleet.v1.RobotStateH\x00\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.fleet.v1.StepProgressH\x00\x42\x05\n\x03msg\"\xa3\x02\n\nRobotHello\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x0e\n\x06vendor\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\rcargo_classes\x18\x04 \x03(\x0e\x32\x14.fleet.v1.CargoClass\x12\x16\n\x0e\x63\x61pacity_slots\x18\x05 \x01(\x05\x12\x15\n\rmax_speed_m_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x63urrent_node\x18\x07 \x01(\t\x12\x1a\n\x12\x63\x61rrying_order_ids\x18\x08 \x03(\t\x12\x17\n\x0f\x62\x61ttery_percent\x18\t \x01(\x01\x12\x0f\n\x07in_lift\x18\n \x01(\t\x12\x16\n\x0emax_payload_kg\x18\x0b \x01(\x01\x12\x14\n\x0c\x63ompartments\x18\x0c \x01(\x05\"\xce\x01\n\nRobotState\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x1c\n\x04pose\x18\x02 \x01(\x0b\x32\x0e.fleet.v1.Pose\x12\x11\n\tlast_node\x18\x03 \x01(\t\x12\x17\n\x0f\x62\x61ttery_percent\x18\x04 \x01(\x01\x12!\n\x04mode\x18\x05 \x01(\x0e\x32\x13.fleet.v1.RobotMode\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\x12\x31\n\x0c\x63ompartments\x18\x07 \x03(\x0b\x32\x1b.fleet.v1.CompartmentStatus\"g\n\x11\x43ompartmentStatus\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0e\n\x06locked\x18\x02 \x01(\x08\x12\x0f\n\x07seal_id\x18\x03 \x01(\t\x12\x13\n\x0bseal_intact\x18\x04 \x01(\x08\x12\x0c\n\x04open\x18\x05 \x01(\x08\"u\n\x0cStepProgress\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.fleet.v1.StepStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\"\x92\x01\n\x11\x44ispatcherMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.fleet.v1.StepCommandH\x00\x12)\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x17.fleet.v1.InstantActionH\x00\x42\x05\n\x03msg\"G\n\x07Welcome\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x10\n\x08map_name\x18\x02 \x01(\t\x12\x18\n\x10state_interval_s\x18\x03 \x01(\x01\"\xb3\x02\n\x0bStepCommand\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x11\n\torder_ids\x18\x02 \x03(\t\x12\"\n\x04move\x18\x03 \x01(\x0b\x32\x12.fleet.v1.MoveStepH\x00\x12-\n\nenter_lift\x18\x04 \x01(\x0b\x32\x17.fleet.v1.EnterLiftStepH\x00\x12+\n\texit_lift\x18\x05 \x01(\x0b\x32\x16.fleet.v1.ExitLiftStepH\x00\x12&\n\x06pickup\x18\x06 \x01(\x0b\x32\x14.fleet.v1.PickupStepH\x00\x12(\n\x07\x64ropoff\x18\x07 \x01(\x0b\x32\x15.fleet.v1.DropoffStepH\x00\x12&\n\x06\x63harge\x18\x08 \x01(\x0b\x32\x14.fleet.v1.ChargeStepH\x00\x42\x06\n\x04kind\"\x8a\x01\n\x08MoveStep\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x1e\n\x06target\x18\x03 \x01(\x0b\x32\x0e.fleet.v1.Pose\x12\x12\n\ndistance_m\x18\x04 \x01(\x01\x12\x15\n\rmax_speed_m_s\x18\x05 \x01(\x01\x12\x0f\n\x07\x64oor_id\x18\x06 \x01(\t\"C\n\rEnterLiftStep\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"_\n\x0c\x45xitLiftStep\x12\x0f\n\x07lift_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x1e\n\x06target\x18\x04 \x01(\x0b\x32\x0e.fleet.v1.Pose\"o\n\nPickupStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\x0c\x63ompartments\x18\x03 \x03(\x0b\x32\x18.fleet.v1.CompartmentUse\x12\x0e\n\x06secure\x18\x04 \x01(\x08\"p\n\x0b\x44ropoffStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\x0c\x63ompartments\x18\x03 \x03(\x0b\x32\x18.fleet.v1.CompartmentUse\x12\x0e\n\x06secure\x18\x04 \x01(\x08\"7\n\x0e\x43ompartmentUse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ompartment\x18\x02 \x01(\x05\"M\n\nChargeStep\x12\x0f\n\x07station\x18\x01 \x01(\t\x12\x16\n\x0etarget_percent\x18\x02 \x01(\x01\x12\x16\n\x0emax_duration_s\x18\x03 \x01(\x01\"\xbb\x01\n\rInstantAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.fleet.v1.InstantActionType\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x63ompartment\x18\x04 \x01(\x05\x12\x0f\n\x07seal_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x10\n\x08staff_id\x18\x07 \x01(\t\x12\x12\n\nopen_for_s\x18\x08 \x01(\x01*\xaf\x01\n\tRobotMode\x12\x1a\n\x16ROBOT_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROBOT_MODE_IDLE\x10\x01\x12\x13\n\x0fROBOT_MODE_BUSY\x10\x02\x12\x17\n\x13ROBOT_MODE_CHARGING\x10\x03\x12\x15\n\x11ROBOT_MODE_PAUSED\x10\x04\x12\x14\n\x10ROBOT_MODE_FAULT\x10\x05\x12\x16\n\x12ROBOT_MODE_OFFLINE\x10\x06*u\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_STARTED\x10\x01\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x02\x12\x16\n\x12STEP_STATUS_FAILED\x10\x03*\xf0\x01\n\x11InstantActionType\x12#\n\x1fINSTANT_ACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSTANT_ACTION_TYPE_PAUSE\x10\x01\x12\x1e\n\x1aINSTANT_ACTION_TYPE_RESUME\x10\x02\x12#\n\x1fINSTANT_ACTION_TYPE_CANCEL_STEP\x10\x03\x12(\n$INSTANT_ACTION_TYPE_SEAL_COMPARTMENT\x10\x04\x12(\n$INSTANT_ACTION_TYPE_OPEN_COMPARTMENT\x10\x05\x32R\n\x0cRobotGateway\x12\x42\n\x07\x43onnect\x12\x16.fleet.v1.RobotMessage\x1a\x1b.fleet.v1.DispatcherMessage(\x01\x30\x01\x42<\n\x14org.hospitalfleet.v1P\x01Z\"hospitalfleet/gen/fleet/v1;fleetv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +33,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleet.v1.robot_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024org.hospitalfleet.v1P\001Z\"hospitalfleet/gen/fleet/v1;fleetv1'
-  _globals['_ROBOTMODE']._serialized_start=2040
-  _globals['_ROBOTMODE']._serialized_end=2215
-  _globals['_STEPSTATUS']._serialized_start=2217
-  _globals['_STEPSTATUS']._serialized_end=2334
-  _globals['_INSTANTACTIONTYPE']._serialized_start=2337
-  _globals['_INSTANTACTIONTYPE']._serialized_end=2493
+  _globals['_ROBOTMODE']._serialized_start=2323
+  _globals['_ROBOTMODE']._serialized_end=2498
+  _globals['_STEPSTATUS']._serialized_start=2500
+  _globals['_STEPSTATUS']._serialized_end=2617
+  _globals['_INSTANTACTIONTYPE']._serialized_start=2620
+  _globals['_INSTANTACTIONTYPE']._serialized_end=2860
   _globals['_ROBOTMESSAGE']._serialized_start=58
   _globals['_ROBOTMESSAGE']._serialized_end=201
   _globals['_ROBOTHELLO']._serialized_start=204
   _globals['_ROBOTHELLO']._serialized_end=495
   _globals['_ROBOTSTATE']._serialized_start=498
-  _globals['_ROBOTSTATE']._serialized_end=653
-  _globals['_STEPPROGRESS']._serialized_start=655
-  _globals['_STEPPROGRESS']._serialized_end=772
-  _globals['_DISPATCHERMESSAGE']._serialized_start=775
-  _globals['_DISPATCHERMESSAGE']._serialized_end=921
-  _globals['_WELCOME']._serialized_start=923
-  _globals['_WELCOME']._serialized_end=994
-  _globals['_STEPCOMMAND']._serialized_start=997
-  _globals['_STEPCOMMAND']._serialized_end=1304
-  _globals['_MOVESTEP']._serialized_start=1307
-  _globals['_MOVESTEP']._serialized_end=1445
-  _globals['_ENTERLIFTSTEP']._serialized_start=1447
-  _globals['_ENTERLIFTSTEP']._serialized_end=1514
-  _globals['_EXITLIFTSTEP']._serialized_start=1516
-  _globals['_EXITLIFTSTEP']._serialized_end=1611
-  _globals['_PICKUPSTEP']._serialized_start=1613
-  _globals['_PICKUPSTEP']._serialized_end=1708
-  _globals['_DROPOFFSTEP']._serialized_start=1710
-  _globals['_DROPOFFSTEP']._serialized_end=1806
-  _globals['_COMPARTMENTUSE']._serialized_start=1808
-  _globals['_COMPARTMENTUSE']._serialized_end=1863
-  _globals['_CHARGESTEP']._serialized_start=1865
-  _globals['_CHARGESTEP']._serialized_end=1942
-  _globals['_INSTANTACTION']._serialized_start=1944
-  _globals['_INSTANTACTION']._serialized_end=2037
-  _globals['_ROBOTGATEWAY']._serialized_start=2495
-  _globals['_ROBOTGATEWAY']._serialized_end=2577
+  _globals['_ROBOTSTATE']._serialized_end=704
+  _globals['_COMPARTMENTSTATUS']._serialized_start=706
+  _globals['_COMPARTMENTSTATUS']._serialized_end=809
+  _globals['_STEPPROGRESS']._serialized_start=811
+  _globals['_STEPPROGRESS']._serialized_end=928
+  _globals['_DISPATCHERMESSAGE']._serialized_start=931
+  _globals['_DISPATCHERMESSAGE']._serialized_end=1077
+  _globals['_WELCOME']._serialized_start=1079
+  _globals['_WELCOME']._serialized_end=1150
+  _globals['_STEPCOMMAND']._serialized_start=1153
+  _globals['_STEPCOMMAND']._serialized_end=1460
+  _globals['_MOVESTEP']._serialized_start=1463
+  _globals['_MOVESTEP']._serialized_end=1601
+  _globals['_ENTERLIFTSTEP']._serialized_start=1603
+  _globals['_ENTERLIFTSTEP']._serialized_end=1670
+  _globals['_EXITLIFTSTEP']._serialized_start=1672
+  _globals['_EXITLIFTSTEP']._serialized_end=1767
+  _globals['_PICKUPSTEP']._serialized_start=1769
+  _globals['_PICKUPSTEP']._serialized_end=1880
+  _globals['_DROPOFFSTEP']._serialized_start=1882
+  _globals['_DROPOFFSTEP']._serialized_end=1994
+  _globals['_COMPARTMENTUSE']._serialized_start=1996
+  _globals['_COMPARTMENTUSE']._serialized_end=2051
+  _globals['_CHARGESTEP']._serialized_start=2053
+  _globals['_CHARGESTEP']._serialized_end=2130
+  _globals['_INSTANTACTION']._serialized_start=2133
+  _globals['_INSTANTACTION']._serialized_end=2320
+  _globals['_ROBOTGATEWAY']._serialized_start=2862
+  _globals['_ROBOTGATEWAY']._serialized_end=2944
 # @@protoc_insertion_point(module_scope)

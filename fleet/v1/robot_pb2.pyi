@@ -105,6 +105,19 @@ class _InstantActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ins
     """Go on after a pause."""
     INSTANT_ACTION_TYPE_CANCEL_STEP: _InstantActionType.ValueType  # 3
     """Abandon the current step and wait for new steps."""
+    INSTANT_ACTION_TYPE_SEAL_COMPARTMENT: _InstantActionType.ValueType  # 4
+    """Custody: lock compartment `compartment` under seal `seal_id` (both required). Sent during
+    a secure PickupStep once the pharmacy loaded and checked the compartment. The robot closes
+    and locks it, records the seal (seal_intact true) and reports it in RobotState. A robot
+    refuses (logs, changes nothing) a compartment it does not have, one whose door is open,
+    and one already locked under a different intact seal; the same seal again is a no-op.
+    """
+    INSTANT_ACTION_TYPE_OPEN_COMPARTMENT: _InstantActionType.ValueType  # 5
+    """Custody: unlock compartment `compartment` for the person `staff_id`, whom the dispatcher
+    authenticated under grant `grant_id`, for at most `open_for_s` seconds (all required,
+    open_for_s > 0). Only for a compartment of the secure DropoffStep in progress; anything
+    else is refused (logged, nothing opens). See DropoffStep.secure.
+    """
 
 class InstantActionType(_InstantActionType, metaclass=_InstantActionTypeEnumTypeWrapper):
     """What an instant action does."""
@@ -117,6 +130,19 @@ INSTANT_ACTION_TYPE_RESUME: InstantActionType.ValueType  # 2
 """Go on after a pause."""
 INSTANT_ACTION_TYPE_CANCEL_STEP: InstantActionType.ValueType  # 3
 """Abandon the current step and wait for new steps."""
+INSTANT_ACTION_TYPE_SEAL_COMPARTMENT: InstantActionType.ValueType  # 4
+"""Custody: lock compartment `compartment` under seal `seal_id` (both required). Sent during
+a secure PickupStep once the pharmacy loaded and checked the compartment. The robot closes
+and locks it, records the seal (seal_intact true) and reports it in RobotState. A robot
+refuses (logs, changes nothing) a compartment it does not have, one whose door is open,
+and one already locked under a different intact seal; the same seal again is a no-op.
+"""
+INSTANT_ACTION_TYPE_OPEN_COMPARTMENT: InstantActionType.ValueType  # 5
+"""Custody: unlock compartment `compartment` for the person `staff_id`, whom the dispatcher
+authenticated under grant `grant_id`, for at most `open_for_s` seconds (all required,
+open_for_s > 0). Only for a compartment of the secure DropoffStep in progress; anything
+else is refused (logged, nothing opens). See DropoffStep.secure.
+"""
 Global___InstantActionType: _TypeAlias = InstantActionType  # noqa: Y015
 
 @_typing.final
@@ -244,6 +270,7 @@ class RobotState(_message.Message):
     BATTERY_PERCENT_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    COMPARTMENTS_FIELD_NUMBER: _builtins.int
     robot_id: _builtins.str
     """Same id as in the hello."""
     last_node: _builtins.str
@@ -260,6 +287,13 @@ class RobotState(_message.Message):
     def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Active error descriptions, empty when healthy."""
 
+    @_builtins.property
+    def compartments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompartmentStatus]:
+        """Every lockable compartment (one entry per compartment 1..RobotHello.compartments), in
+        every state message; empty for a robot without compartments. Send a state message at once
+        whenever a compartment locks, unlocks, opens, closes, is sealed or its seal breaks.
+        """
+
     def __init__(
         self,
         *,
@@ -269,14 +303,60 @@ class RobotState(_message.Message):
         battery_percent: _builtins.float = ...,
         mode: Global___RobotMode.ValueType = ...,
         errors: _abc.Iterable[_builtins.str] | None = ...,
+        compartments: _abc.Iterable[Global___CompartmentStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pose", b"pose"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "errors", b"errors", "last_node", b"last_node", "mode", b"mode", "pose", b"pose", "robot_id", b"robot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_percent", b"battery_percent", "compartments", b"compartments", "errors", b"errors", "last_node", b"last_node", "mode", b"mode", "pose", b"pose", "robot_id", b"robot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RobotState: _TypeAlias = RobotState  # noqa: Y015
+
+@_typing.final
+class CompartmentStatus(_message.Message):
+    """One lockable compartment as the robot sees it (custody of controlled drugs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
+    SEAL_ID_FIELD_NUMBER: _builtins.int
+    SEAL_INTACT_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """Compartment number, 1..RobotHello.compartments (as labelled on the robot). Required."""
+    locked: _builtins.bool
+    """The lock is engaged: nobody can open the door."""
+    seal_id: _builtins.str
+    """The seal it was locked under (InstantAction.seal_id of the last SEAL_COMPARTMENT); empty
+    when it was never sealed. Kept after the seal is broken, for the record, until the next
+    SEAL_COMPARTMENT replaces it.
+    """
+    seal_intact: _builtins.bool
+    """True while the seal named by seal_id is unbroken. Set it to false as soon as the door is
+    opened after sealing (even by an authorised recipient), or the robot detects forcing or
+    tampering. Only read when seal_id is set; a sealed compartment that does not say true is
+    taken as broken.
+    """
+    open: _builtins.bool
+    """The door is open now."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        locked: _builtins.bool = ...,
+        seal_id: _builtins.str = ...,
+        seal_intact: _builtins.bool = ...,
+        open: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locked", b"locked", "number", b"number", "open", b"open", "seal_id", b"seal_id", "seal_intact", b"seal_intact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompartmentStatus: _TypeAlias = CompartmentStatus  # noqa: Y015
 
 @_typing.final
 class StepProgress(_message.Message):
@@ -571,10 +651,20 @@ class PickupStep(_message.Message):
     STATION_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     COMPARTMENTS_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
     station: _builtins.str
     """Station name."""
     quantity: _builtins.int
     """Compartment slots to fill."""
+    secure: _builtins.bool
+    """Controlled-drug custody. When true, the robot docks and unlocks these compartments for
+    loading (never one still locked under an intact seal), then waits at the station, step in
+    progress, until the dispatcher sends INSTANT_ACTION_TYPE_SEAL_COMPARTMENT for each of
+    them; it reports the step COMPLETED once they are all locked under their seal (for a step
+    that lists no compartments: once one compartment is sealed). There is no time limit:
+    the dispatcher ends the wait with INSTANT_ACTION_TYPE_CANCEL_STEP (nobody loaded it);
+    the robot then locks the compartments and sends no report for the step.
+    """
     @_builtins.property
     def compartments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompartmentUse]:
         """The compartment to open for each order loaded here; empty when the robot announced no
@@ -587,10 +677,11 @@ class PickupStep(_message.Message):
         station: _builtins.str = ...,
         quantity: _builtins.int = ...,
         compartments: _abc.Iterable[Global___CompartmentUse] | None = ...,
+        secure: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "station", b"station"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "secure", b"secure", "station", b"station"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,10 +696,24 @@ class DropoffStep(_message.Message):
     STATION_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     COMPARTMENTS_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
     station: _builtins.str
     """Station name."""
     quantity: _builtins.int
     """Compartment slots to empty."""
+    secure: _builtins.bool
+    """Controlled-drug custody. When true, the robot docks and keeps these compartments locked:
+    the step stays in progress until INSTANT_ACTION_TYPE_OPEN_COMPARTMENT names one of them
+    (the dispatcher authenticated the recipient). The robot then unlocks that compartment for
+    at most open_for_s; once the door was opened (the seal counts as broken from then on) and
+    closed again, it relocks at once. It reports the step COMPLETED when every compartment of
+    the step was opened and closed (for a step that lists no compartments: one). If the grant
+    runs out before the door is opened, the compartment relocks and the step stays in
+    progress (a new OPEN_COMPARTMENT may follow). INSTANT_ACTION_TYPE_CANCEL_STEP ends the
+    wait (nobody came): the compartments stay locked and their seals intact, and the robot
+    sends no report for the step. Never open a compartment of a secure drop-off for any
+    other reason, and never while the robot is in fault.
+    """
     @_builtins.property
     def compartments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompartmentUse]:
         """The compartment to open for each order handed over here; empty when the robot announced
@@ -621,10 +726,11 @@ class DropoffStep(_message.Message):
         station: _builtins.str = ...,
         quantity: _builtins.int = ...,
         compartments: _abc.Iterable[Global___CompartmentUse] | None = ...,
+        secure: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "station", b"station"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartments", b"compartments", "quantity", b"quantity", "secure", b"secure", "station", b"station"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -694,29 +800,57 @@ Global___ChargeStep: _TypeAlias = ChargeStep  # noqa: Y015
 
 @_typing.final
 class InstantAction(_message.Message):
-    """An action outside the step sequence."""
+    """An action outside the step sequence. Fields 4..8 are read only by the action types that name
+    them; leave them unset otherwise.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    COMPARTMENT_FIELD_NUMBER: _builtins.int
+    SEAL_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    STAFF_ID_FIELD_NUMBER: _builtins.int
+    OPEN_FOR_S_FIELD_NUMBER: _builtins.int
     action_id: _builtins.int
     """Unique per robot."""
     type: Global___InstantActionType.ValueType
     """What to do."""
     reason: _builtins.str
     """Why, for logs."""
+    compartment: _builtins.int
+    """SEAL_COMPARTMENT, OPEN_COMPARTMENT: compartment number, 1..RobotHello.compartments."""
+    seal_id: _builtins.str
+    """SEAL_COMPARTMENT: the seal's id (printed on the tamper-evident seal or issued by the
+    pharmacy system); report it in CompartmentStatus.seal_id.
+    """
+    grant_id: _builtins.str
+    """OPEN_COMPARTMENT: the custody grant this opening belongs to, for the robot's log."""
+    staff_id: _builtins.str
+    """OPEN_COMPARTMENT: the authenticated recipient the compartment opens for, for the robot's
+    log and display.
+    """
+    open_for_s: _builtins.float
+    """OPEN_COMPARTMENT: how long the compartment may stay unlocked waiting to be opened, in
+    seconds, greater than 0. Not opened by then: it relocks.
+    """
     def __init__(
         self,
         *,
         action_id: _builtins.int = ...,
         type: Global___InstantActionType.ValueType = ...,
         reason: _builtins.str = ...,
+        compartment: _builtins.int = ...,
+        seal_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        staff_id: _builtins.str = ...,
+        open_for_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "reason", b"reason", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "compartment", b"compartment", "grant_id", b"grant_id", "open_for_s", b"open_for_s", "reason", b"reason", "seal_id", b"seal_id", "staff_id", b"staff_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
