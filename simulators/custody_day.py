@@ -325,6 +325,7 @@ class CustodyDay:
     # The fleet reports; people react a little later (never inside the core's own call).
 
     def _on_secure_stop(self, stop: m.SecureStop) -> None:
+        self._desk_sees(lambda: self.desk.on_secure_stop(stop))
         trip = self.desk.trips.get(stop.order_id)
         if trip is None:
             return
@@ -339,6 +340,7 @@ class CustodyDay:
             self._arrived(cid)
 
     def _on_order(self, order: Order) -> None:
+        self._desk_sees(lambda: self.desk.on_order(order))
         trip = self.desk.trips.get(order.id)
         if trip is None:
             return
@@ -357,6 +359,13 @@ class CustodyDay:
                 self._later(300, 900, lambda: self._start_recovery(trip.case_id))
             elif case.state in (CaseState.VERIFIED, CaseState.RECOVERED):
                 self._later(120, 300, lambda: self._send(trip.case_id))
+
+    def _desk_sees(self, report: Callable[[], None]) -> None:
+        """The desk takes a fleet report (the service does the same on the core's task)."""
+        try:
+            report()
+        except DomainError as exc:
+            self.refused.append(f"desk: {type(exc).__name__}: {exc}")
 
     def _load(self, cid: str) -> None:
         holder = self.book.case(cid).holder.removeprefix("person:")

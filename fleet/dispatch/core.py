@@ -208,6 +208,10 @@ class FleetCore:
         self.deadlocks_resolved = 0
         # Deadlocked cycles no robot could back out of (key -> since), and the longest such.
         self._stuck: dict[str, float] = {}
+        # Custody: robot -> compartment index -> the delivered custody order whose return leg
+        # will ride in it (hospital-domain.md: the same compartment both ways). No other
+        # custody case is loaded into it meanwhile.
+        self.custody_holds: dict[str, dict[int, str]] = {}
         self.longest_deadlock_s = 0.0
         self._resolving = False
         self.session_errors: list[str] = []  # lift-session bookkeeping that went wrong
@@ -527,6 +531,9 @@ class FleetCore:
 
     def _mark(self, order: Order) -> None:
         self._dirty[order.id] = order
+        if order.return_of and order.state.terminal and order.state is not OrderState.DELIVERED:
+            # A return that will not ride (failed, cancelled): its compartment is not kept.
+            self._release_hold(order.return_of)
         if order.state.terminal or order.state is OrderState.PENDING:
             run = self.robots.get(order.robot_id or "")
             if run is not None:
@@ -728,6 +735,7 @@ class FleetCore:
                 order.move_to(OrderState.DELIVERED, now, f"delivered by {robot.id}")
                 robot.carrying.discard(oid)
                 self._mark(order)
+                self._hold_or_release_compartment(run, order)
             # A finished task frees capacity and time: the rest of the plan may improve.
             self._request_replan()
         elif step.kind is StepKind.CHARGE:
@@ -808,6 +816,38 @@ class FleetCore:
             self._dispatcher_step(run, step)
 
     # ---- custody: secure pickups and drop-offs of controlled drugs ---------------------------
+
+    def _custody_compartments(self, run: _RobotRun, order_ids: Sequence[str]) -> None:
+        """A custody outbound about to be loaded takes a compartment no other case keeps for
+        its return (it travels alone: every compartment not kept is empty)."""
+        count = run.robot.capabilities.compartments
+        held = self.custody_holds.get(run.robot.id, {})
+        for oid in order_ids:
+            order = self.orders[oid]
+            if not order.custody_case or order.pinned_robot is not None or not count:
+                continue
+            if order.compartment is not None and order.compartment not in held:
+                continue
+            free = [c for c in range(count) if c not in held]
+            if free:
+                order.compartment = free[0]
+                self._mark(order)
+
+    def _hold_or_release_compartment(self, run: _RobotRun, order: Order) -> None:
+        """After a custody order was handed over: an outbound delivered at its OR keeps its
+        compartment for the return; a return frees it."""
+        if not order.custody_case or order.compartment is None:
+            return
+        if order.return_of:
+            self._release_hold(order.return_of)
+        elif order.dropoff_station != order.pickup_station:
+            self.custody_holds.setdefault(run.robot.id, {})[order.compartment] = order.id
+
+    def _release_hold(self, outbound_id: str) -> None:
+        for holds in self.custody_holds.values():
+            for index, oid in list(holds.items()):
+                if oid == outbound_id:
+                    del holds[index]
 
     def _secure(self, order_ids: Sequence[str]) -> bool:
         """Whether a pickup or drop-off of these orders waits for people (a custody case)."""
@@ -1030,6 +1070,8 @@ class FleetCore:
             station = self._station_at(stop.node)
             quantity = sum(self.orders[oid].quantity for oid in ids)
             kind = StepKind.PICKUP if stop.kind is StopKind.PICKUP else StepKind.DROPOFF
+            if kind is StepKind.PICKUP:
+                self._custody_compartments(run, ids)
             steps.append(
                 Step(
                     kind,
@@ -1916,9 +1958,13 @@ class FleetCore:
             t = self.graph.travel_time(robot.node, hp, caps.flow, caps.max_speed_m_s)
             if math.isfinite(t):
                 options.append((t, hp))
-        # What other robots wait for: a back-off route must not take it from under them.
+        # What other robots wait for: a back-off route must not take it from under them,
+        # unless they wait for this robot to get out of their way (TrafficControl lets it).
         wanted = {
-            r for w in self.traffic.waiters() if w != rid for r in self.traffic.waiting_for(w)
+            r
+            for w in self.traffic.waiters()
+            if w != rid and rid not in self.traffic.blockers(w)
+            for r in self.traffic.waiting_for(w)
         }
         for _, hp in sorted(options)[:12]:
             route = self.graph.route(robot.node, hp, caps.flow, caps.max_speed_m_s)
@@ -2395,6 +2441,8 @@ class FleetCore:
             onboard=onboard,
             max_payload_kg=caps.max_payload_kg,
             compartments=caps.compartments,
+            custody_full=bool(caps.compartments)
+            and len(self.custody_holds.get(r.id, {})) >= (caps.compartments or 0),
             battery_pct=battery,
             reserve_pct=cfg.battery_reserve_pct if cfg.battery_drain_pct_per_s > 0 else 0.0,
             drain_pct_per_s=cfg.battery_drain_pct_per_s,
@@ -2468,6 +2516,7 @@ class FleetCore:
             # A return leg: only on the robot, and in the compartment, that brought the outbound.
             pinned_robot=o.pinned_robot,
             pinned_compartment=o.pinned_compartment,
+            custody=bool(o.custody_case),
         )
 
     def _late(self, task: Task, o: Order, now: float) -> Task:

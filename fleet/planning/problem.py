@@ -286,6 +286,9 @@ class Task:
     picked up when the robot carries nothing (a controlled drug travels alone anyway), and
     whatever is loaded while it is on board goes into other compartments. Not combinable with
     `loaded_at_start`. None (the default): any compartment."""
+    custody: bool = False
+    """A controlled-drug custody case's order: it needs a compartment no other case keeps for
+    its return (`VehicleState.custody_full`); a pinned return leg rides in its own."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,9 @@ class VehicleState:
     charge_pct_per_s: float = 0.0
     """Charging speed at a charger (percent per second). 0: the robot cannot be charged by the
     plan (no charging visit is planned for it)."""
+    custody_full: bool = False
+    """Every compartment is kept for a custody case's return leg: no new custody case may be
+    loaded (its pinned returns still may)."""
 
     @property
     def onboard_load(self) -> int:
@@ -633,6 +639,8 @@ def fits_vehicle(vehicle: VehicleState, task: Task) -> bool:
     if vehicle.max_payload_kg is not None and grams(task.weight_kg) > grams(vehicle.max_payload_kg):
         return False
     if vehicle.compartments is not None and vehicle.compartments < 1:
+        return False
+    if task.custody and task.pinned_robot is None and vehicle.custody_full:
         return False
     pinned = task.pinned_compartment
     return pinned is None or (vehicle.compartments is not None and pinned < vehicle.compartments)

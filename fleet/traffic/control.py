@@ -9,17 +9,23 @@ Grant rule. Waiting requests form one queue, in the order they were first made. 
 change the queue is scanned front to back; a request is granted when every resource it still
 needs has room *and* no earlier request that is still waiting needs any of the same resources.
 An earlier waiter thus reserves what it needs against every later one, even where there is room
-(a later request for a free resource it shares with an earlier waiter waits behind it).
+(a later request for a free resource it shares with an earlier waiter waits behind it). One
+exception: a reservation does not hold against a later request from a robot that holds something
+the earlier waiter needs. That robot is in the earlier waiter's way and can only get out of it
+with what it asks for (a robot done at a docking hatch whose only way out is the doorway the next
+robot queues for); making it wait behind the robot it blocks would deadlock both.
 
-Why nobody starves. A waiting request W is never overtaken on a resource it needs: a later
-request needing any of them is not granted before W (the reservation), and a new request always
-joins the queue behind W. So the only things between W and its grant are the current holders of
-W's resources and the finitely many requests ahead of W. By induction on the queue position, if
-every holder gives up what it holds within a bounded time, the head of the queue is granted within
-that time, then the next, and so on: W's wait is bounded by the holding times of those ahead of
-it. One forward scan finds every grantable request: granting a request only takes room and only
-drops a reservation that later requests are still to see in the same scan, so no request already
-passed over can have become grantable.
+Why nobody starves. A waiting request W is never overtaken on a resource it needs, except by a
+holder of W's resources that needs it to leave: a later request needing any of them is not
+granted before W (the reservation), and a new request always joins the queue behind W. So the
+only things between W and its grant are the current holders of W's resources and the finitely
+many requests ahead of W. By induction on the queue position, if every holder gives up what it
+holds within a bounded time, the head of the queue is granted within that time, then the next,
+and so on: W's wait is bounded by the holding times of those ahead of it. (A holder that
+overtakes W does so to give W's resource back: it only shortens W's wait.) One forward scan
+finds every grantable request: granting a request only takes room and only drops a reservation
+that later requests are still to see in the same scan, so no request already passed over can
+have become grantable.
 
 What the rule does not prevent is hold-and-wait: a robot standing on an exclusive node that waits
 for a lift car, while the robot in the car waits for that node. `deadlocks()` reports such cycles
@@ -222,15 +228,22 @@ class TrafficControl:
     def _scan(self) -> list[str]:
         """Grant every waiting request the rule allows, front to back; returns who got one."""
         granted: list[str] = []
-        reserved: set[str] = set()
+        reserved: dict[str, list[str]] = {}  # resource -> earlier waiters still needing it
         for waiter in list(self._queue):
             need = self._need(waiter)
-            if all(self._room(n) and n not in reserved for n in need):
+            mine = self._held.get(waiter, {})
+
+            def free_for(name: str, mine: dict[str, None] = mine) -> bool:
+                # Every earlier waiter for `name` waits for something this one holds.
+                return all(self._need(w).intersection(mine) for w in reserved.get(name, ()))
+
+            if all(self._room(n) and free_for(n) for n in need):
                 for name in self._queue[waiter].resources:
                     if name in need:
                         self._take(waiter, name)
                 del self._queue[waiter]
                 granted.append(waiter)
             else:
-                reserved |= need
+                for name in need:
+                    reserved.setdefault(name, []).append(waiter)
         return granted
