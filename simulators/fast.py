@@ -37,7 +37,7 @@ from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 from fleet.planning import Plan, Problem, solve
 from fleet.v1 import infrastructure_pb2, robot_pb2
-from simulators.custody_day import CustodyDay
+from simulators.custody_day import CustodyDay, CustodyDayConfig
 from simulators.infrastructure import LIFT_HEARTBEAT_S, SimDoorController, SimLiftController
 from simulators.robot import RobotSpec, SimRobot
 from simulators.scheduling import VirtualLoop
@@ -134,6 +134,7 @@ class SimulationResult:
     doors: SimDoorController
     lifts: SimLiftController
     rejected: list[str] = field(default_factory=list)
+    custody: CustodyDay | None = None  # the controlled-drugs workload's day
 
 
 class FastTwin:
@@ -445,6 +446,7 @@ def run_simulation(
     defer_margin_s: float | None = None,
     demand_robots: int | None = None,
     custody_ledger: Callable[[ManualClock], LedgerSink] | None = None,
+    custody_config: CustodyDayConfig | None = None,
 ) -> SimulationResult:
     """Run `hours` of a workload with `robots` robots; then let robots finish the orders still
     open (up to DRAIN_S) and fail, with a reason, whatever is left.
@@ -455,6 +457,12 @@ def run_simulation(
 
     `defer_margin_s`: the optimizer's late-commitment margin (0: off; None: the workload's
     default, see `default_defer_margin_s`).
+
+    The controlled-drugs workload (`simulators.custody_day`): `custody_ledger` makes the ledger
+    its custody events go to from the twin's clock (default: in memory); `custody_config` says
+    how busy the day is and how often recipients are absent or robots die. The report then has
+    a `custody` part: cases by path and state, refused steps, the ledger's verification and
+    whether each day's register balances (`custody_report`).
     """
     wall0 = time.perf_counter()
     twin = FastTwin(
@@ -485,7 +493,7 @@ def run_simulation(
     custody = None
     if workload_name == CUSTODY_WORKLOAD:
         sink = custody_ledger(twin.clock) if custody_ledger else Ledger(twin.clock)
-        custody = CustodyDay(twin, sink, hours, seed)
+        custody = CustodyDay(twin, sink, hours, seed, custody_config)
         custody.start()
     end = start + hours * 3600.0
     twin.run_until(end)
@@ -501,7 +509,14 @@ def run_simulation(
     if custody is not None:
         report["custody"] = custody_report(custody)
     return SimulationResult(
-        report, twin.core, twin.world, twin.robots, twin.doors, twin.lifts, twin.rejected
+        report,
+        twin.core,
+        twin.world,
+        twin.robots,
+        twin.doors,
+        twin.lifts,
+        twin.rejected,
+        custody,
     )
 
 
@@ -554,10 +569,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"fleet simulate: {exc}", file=sys.stderr)
         return 2
     store: FleetStore | None = None
+    ledger: Any = None
     if args.db:
         from fleet.store import open_store
 
         store = open_store(args.db)
+        if args.workload == CUSTODY_WORKLOAD:
+            from fleet.custody.lifecycle import ClockedSink
+            from fleet.store.ledger import open_ledger
+
+            # The day's custody events go to the same database, append-only.
+            ledger = open_ledger(args.db)
     try:
         result = run_simulation(
             building,
@@ -568,8 +590,11 @@ def main(args: argparse.Namespace) -> int:
             dispatcher_name=args.dispatcher,
             workload_name=args.workload,
             defer_margin_s=None if args.defer_margin_min is None else args.defer_margin_min * 60.0,
+            custody_ledger=(lambda clock: ClockedSink(ledger, clock)) if ledger else None,
         )
     finally:
+        if ledger is not None:
+            ledger.close()
         if store is not None:
             store.close()
     if args.json:
@@ -578,6 +603,9 @@ def main(args: argparse.Namespace) -> int:
         for key, value in result.report.items():
             print(f"{key:>20}: {value}")
     if result.report["conflicts"] or result.report["safety_violations"]:
+        return 2
+    custody = result.report.get("custody")
+    if custody is not None and not (custody["ledger_verified"] and custody["register_balanced"]):
         return 2
     return 0
 
