@@ -3,6 +3,12 @@
 `Service.start()` loads the building, opens the store, builds the clock, the dispatcher core and
 its bus (with a one-process worker pool for the optimizer), then starts the gRPC server and the
 metrics endpoint. `stop()` takes them down in reverse order and closes the store.
+
+With `settings.custody`, the controlled-drug custody book is built from the catalogue, staff and
+stock files with its ledger in the same database, behind a `CustodyDesk` that hands commands to
+the core (`core.handle`, on the bus task) and takes the fleet's reports (robots waiting at secure
+stations, order changes); CustodyService is served over a `DeskCustodyRunner`, and a timer
+lets the desk act on recipients who do not come.
 """
 
 from __future__ import annotations
@@ -16,19 +22,31 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
+from fleet.api.custody_runner import DeskCustodyRunner
 from fleet.api.server import GrpcServer, build_server
 from fleet.building.graph import BuildingGraph
 from fleet.building.loader import load_building
 from fleet.clock import Clock, ScaledClock, SystemClock
 from fleet.config import METRICS_OFF, Settings
-from fleet.dispatch.bus import AsyncBus
+from fleet.custody.desk import CustodyDesk
+from fleet.custody.lifecycle import ClockedSink
+from fleet.custody.people import PinHashing
+from fleet.custody.setup import CustodySources, build_custody_book
+from fleet.dispatch.bus import AsyncBus, DispatcherStopped
 from fleet.dispatch.core import CoreConfig, FleetCore
 from fleet.dispatch.ports import FleetStore
 from fleet.metrics import FleetMetrics, MetricsEndpoint, run_refresher, serve_metrics
 from fleet.planning import solve
 from fleet.store import open_store
+from fleet.store.ledger import LedgerStore, open_ledger
 
 log = logging.getLogger(__name__)
+
+# Cheap PIN hashing for `custody_fast_pins` (the demo staff in demos and tests): the production
+# scrypt costs tens of milliseconds per authentication, on the core's task.
+FAST_PIN_HASHING = PinHashing(cost=(1024, 8, 1))
+# Wall seconds between the custody desk's checks of recipients who did not come.
+CUSTODY_TICK_S = 2.0
 
 
 def make_clock(settings: Settings) -> Clock:
@@ -64,6 +82,9 @@ class Service:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._ledger: LedgerStore | None = None
+        self._desk: CustodyDesk | None = None
+        self._custody_ticker: asyncio.Task[None] | None = None
         self.metrics = FleetMetrics()
 
     # ---- what tests and the command line look at ----------------------------------------------
@@ -81,6 +102,11 @@ class Service:
         if self._bus is None:
             raise RuntimeError("the service is not started")
         return self._bus
+
+    @property
+    def custody_desk(self) -> CustodyDesk | None:
+        """The custody desk (None unless `settings.custody`); read it on the service's loop."""
+        return self._desk
 
     @property
     def grpc_port(self) -> int:
@@ -117,8 +143,13 @@ class Service:
                 on_solved=self.metrics.observe_solve,
             )
             self._bus.router.watchers.append(self.metrics.on_order_changed)
+            runner = await self._build_custody(core, self._bus) if s.custody else None
             self._bus.start()
-            self._grpc = build_server(self._bus, core, s)
+            if self._desk is not None:
+                self._custody_ticker = asyncio.create_task(
+                    self._tick_custody(self._bus, self._desk, core.clock), name="fleet-custody"
+                )
+            self._grpc = build_server(self._bus, core, s, custody=runner)
             await self._grpc.start()
             self.metrics.refresh(core)
             self._refresher = asyncio.create_task(
@@ -157,6 +188,46 @@ class Service:
         )
         return self._core
 
+    async def _build_custody(self, core: FleetCore, bus: AsyncBus) -> DeskCustodyRunner:
+        """The custody book (ledger in the service's database), its desk wired to the core and
+        the bus, and the runner CustodyService uses. Raises CatalogueError, StaffFileError,
+        StockFileError or LedgerError naming what is wrong."""
+        s = self.settings
+        sources = CustodySources(s.custody_catalogue, s.custody_staff, s.custody_stock)
+        hashing = FAST_PIN_HASHING if s.custody_fast_pins else None
+
+        def build() -> tuple[LedgerStore, CustodyDesk]:
+            ledger = open_ledger(s.database_url)
+            try:
+                book = build_custody_book(sources, ClockedSink(ledger, core.clock), hashing=hashing)
+            except BaseException:
+                ledger.close()
+                raise
+            return ledger, CustodyDesk(book, core.handle)
+
+        # Off the loop: hashing every staff PIN takes a while with the production cost.
+        ledger, desk = await asyncio.to_thread(build)
+        self._ledger, self._desk = ledger, desk
+        # The fleet's reports reach the desk on the bus task, where its steps run too.
+        bus.router.custody_watchers.append(desk.on_secure_stop)
+        bus.router.watchers.append(desk.on_order)
+        runner = DeskCustodyRunner(bus, desk, core.clock, ledger)
+        bus.router.watchers.append(runner.on_order)  # after the desk's: it sees the trip done
+        return runner
+
+    @staticmethod
+    async def _tick_custody(bus: AsyncBus, desk: CustodyDesk, clock: Clock) -> None:
+        """Every few seconds: the desk pages alternates and sends robots back for recipients
+        who did not come."""
+        while True:
+            await asyncio.sleep(CUSTODY_TICK_S)
+            try:
+                await bus.call(lambda: desk.tick(clock.now()))
+            except DispatcherStopped:
+                return
+            except Exception:
+                log.exception("custody desk tick failed")
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving (open calls get `grace` seconds, default from the settings), stop the
         core and the optimizer worker, close the store. Safe to call more than once."""
@@ -165,6 +236,11 @@ class Service:
         if self._grpc is not None:
             grpc_server, self._grpc = self._grpc, None
             await grpc_server.stop(grace)
+        if self._custody_ticker is not None:
+            self._custody_ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._custody_ticker
+            self._custody_ticker = None
         if self._bus is not None:
             await self._bus.stop()
         if self._refresher is not None:
@@ -181,6 +257,9 @@ class Service:
         if self._store is not None:
             store, self._store = self._store, None
             store.close()
+        if self._ledger is not None:
+            ledger, self._ledger = self._ledger, None
+            ledger.close()
 
     async def run_forever(self, on_started: Callable[[Service], None] | None = None) -> None:
         """Start, call `on_started(self)`, serve until SIGINT or SIGTERM, then stop."""

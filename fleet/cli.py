@@ -1,6 +1,6 @@
 """The `fleet` command line.
 
-    fleet serve [--map M] [--db URL] [--port P] [--metrics-port P] [--time-scale F] ...
+    fleet serve [--map M] [--db URL] [--port P] [--metrics-port P] [--time-scale F] [--custody] ...
     fleet map check FILE
     fleet custody verify|checkpoint|keygen ...   (fleet.store.ledger)
     fleet custody report [--date D] [--tz Z] [--csv]   (fleet.custody.register)
@@ -207,6 +207,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from fleet.bootstrap import Service  # the service's dependencies only when serving
     from fleet.building.loader import MapError
+    from fleet.custody.catalogue import CatalogueError
+    from fleet.custody.people import StaffFileError
+    from fleet.custody.setup import StockFileError
 
     def started(service: Service) -> None:
         metrics = service.metrics_port
@@ -218,7 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(Service(settings).run_forever(started))
-    except MapError as exc:
+    except (MapError, CatalogueError, StaffFileError, StockFileError) as exc:
         print(f"fleet serve: {exc}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError, OSError) as exc:

@@ -22,6 +22,9 @@ DEFAULT_GRPC_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 METRICS_OFF = -1
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+# The demo custody files, as `fleet.custody.setup.CustodySources` defaults them (not imported:
+# that module pulls in the building loader, too slow for every `fleet` command).
+_DEMO_DATA = Path(__file__).resolve().parent.parent / "simulators" / "data"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class Settings:
 
     `grpc_port` 0 and `metrics_port` 0 ask the OS for a free port (tests); `metrics_port` -1
     turns the metrics endpoint off. `time_scale` != 1 runs the service on a `ScaledClock`.
+    `custody` serves CustodyService with the fleet (the custody desk: robots are called, sealed
+    and opened for the cases), its ledger in the same database, its catalogue, staff and
+    opening vault stock from the `custody_*` files (default: the demo files of
+    simulators/data, invented people and lots); `custody_fast_pins` hashes the staff PINs
+    cheaply (demos and tests with the demo staff only, never for real people).
     """
 
     map_path: Path
@@ -45,6 +53,11 @@ class Settings:
     tick_interval_s: float = 1.0
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
+    custody: bool = False
+    custody_catalogue: Path = _DEMO_DATA / "controlled_drugs.yaml"
+    custody_staff: Path = _DEMO_DATA / "staff.yaml"
+    custody_stock: Path = _DEMO_DATA / "vault_stock.yaml"
+    custody_fast_pins: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -111,6 +124,22 @@ def _parse_path(raw: object, label: str) -> Path:
     if not text:
         raise ValueError(f"{label}: must not be empty")
     return Path(text)
+
+
+def _parse_bool(raw: object, label: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{label}: must be true or false (1/0, yes/no, on/off), got {raw!r}")
+
+
+def _check_bool(value: object, label: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{label}: must be true or false, got {value!r}")
 
 
 def _parse_level(raw: object, label: str) -> str:
@@ -228,6 +257,27 @@ _SPECS: dict[str, _Spec] = {
         _check_non_negative,
     ),
     "log_level": _Spec("log_level", "--log-level", "FLEET_LOG_LEVEL", _parse_level, _check_level),
+    "custody": _Spec("custody", "--custody", "FLEET_CUSTODY", _parse_bool, _check_bool),
+    "custody_catalogue": _Spec(
+        "custody_catalogue",
+        "--custody-catalogue",
+        "FLEET_CUSTODY_CATALOGUE",
+        _parse_path,
+        _check_path,
+    ),
+    "custody_staff": _Spec(
+        "custody_staff", "--custody-staff", "FLEET_CUSTODY_STAFF", _parse_path, _check_path
+    ),
+    "custody_stock": _Spec(
+        "custody_stock", "--custody-stock", "FLEET_CUSTODY_STOCK", _parse_path, _check_path
+    ),
+    "custody_fast_pins": _Spec(
+        "custody_fast_pins",
+        "--custody-fast-pins",
+        "FLEET_CUSTODY_FAST_PINS",
+        _parse_bool,
+        _check_bool,
+    ),
 }
 
 
@@ -306,4 +356,40 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         dest="log_level",
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING, ERROR (default INFO); env FLEET_LOG_LEVEL",
+    )
+    parser.add_argument(
+        s["custody"].flag,
+        dest="custody",
+        action="store_const",
+        const=True,
+        help="serve CustodyService with the fleet: controlled-drug cases called, sealed and "
+        "opened on the robots (default off); env FLEET_CUSTODY=1",
+    )
+    parser.add_argument(
+        s["custody_catalogue"].flag,
+        dest="custody_catalogue",
+        metavar="FILE",
+        help="controlled-drug catalogue (YAML; default the demo catalogue); "
+        "env FLEET_CUSTODY_CATALOGUE",
+    )
+    parser.add_argument(
+        s["custody_staff"].flag,
+        dest="custody_staff",
+        metavar="FILE",
+        help="staff with roles, badges and PINs (YAML; default the demo staff); "
+        "env FLEET_CUSTODY_STAFF",
+    )
+    parser.add_argument(
+        s["custody_stock"].flag,
+        dest="custody_stock",
+        metavar="FILE",
+        help="opening pharmacy vault stock (YAML; default the demo stock); env FLEET_CUSTODY_STOCK",
+    )
+    parser.add_argument(
+        s["custody_fast_pins"].flag,
+        dest="custody_fast_pins",
+        action="store_const",
+        const=True,
+        help="hash the staff PINs cheaply: demos and tests with the demo staff only "
+        "(default off); env FLEET_CUSTODY_FAST_PINS=1",
     )

@@ -13,6 +13,16 @@ roles and the two-person rules. A step the book refuses raises before it changes
 refused call leaves no ledger event, no stock change and the case as it was. Errors map to gRPC
 codes in `fleet.api.errors`; the book's own field names (`witness_auth`, ...) are renamed to
 the request's fields.
+
+With the fleet (a runner that has a `desk`, `fleet.api.custody_runner.DeskCustodyRunner`), the
+robot-linked steps go through the `CustodyDesk`, which tells the core what the robot must do:
+Verify also places the case's order (the robot is called as soon as the second pharmacist
+verified), Load and LoadReturn seal the compartment of the robot waiting for the case (robot
+and compartment given must be that robot's), OpenCompartment opens it for the recipient,
+Reconcile places the return leg, ReturnReceive opens it at the pharmacy; a case's OR station
+must be a station of the building. Each such call is one piece of work on the bus task: the
+book step and the robot command happen together. The case view then shows the robot waiting
+for people with the case (`waiting_robot`). Without a desk, every step is the book's alone.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import grpc.aio
 from fleet.api.convert import ts
 from fleet.api.errors import grpc_errors
 from fleet.clock import Clock
+from fleet.custody.desk import CustodyDesk
 from fleet.custody.discrepancy import Discrepancy, ResolutionCode
 from fleet.custody.ledger import CustodyEvent, format_quantity
 from fleet.custody.lifecycle import (
@@ -42,6 +53,7 @@ from fleet.custody.lifecycle import (
 )
 from fleet.custody.people import Authentication, PinHashing
 from fleet.custody.setup import CustodySources, build_custody_book
+from fleet.dispatch import messages as m
 from fleet.domain.errors import InvalidArgument
 from fleet.store.ledger import LedgerStore, connect_ledger, open_ledger
 from fleet.v1 import custody_pb2, custody_pb2_grpc
@@ -299,8 +311,26 @@ def case_state_to_pb(state: CaseState) -> custody_pb2.CaseState.ValueType:
     return custody_pb2.CaseState.Value(f"CASE_STATE_{state.value}")
 
 
-def case_to_pb(case: CustodyCase) -> custody_pb2.CustodyCase:
-    """The wire form of a case."""
+_STOP_KINDS: Mapping[str, custody_pb2.SecureStopKind.ValueType] = {
+    "PICKUP": custody_pb2.SECURE_STOP_KIND_PICKUP,
+    "DROPOFF": custody_pb2.SECURE_STOP_KIND_DROPOFF,
+}
+
+
+def waiting_to_pb(stop: m.SecureStop) -> custody_pb2.WaitingRobot:
+    """The wire form of a robot waiting for people with a case."""
+    return custody_pb2.WaitingRobot(
+        robot_id=stop.robot_id,
+        station=stop.station,
+        compartment=max(0, stop.compartment),
+        kind=_STOP_KINDS.get(stop.kind, custody_pb2.SECURE_STOP_KIND_UNSPECIFIED),
+        order_id=stop.order_id,
+        since=ts(stop.at),
+    )
+
+
+def case_to_pb(case: CustodyCase, waiting: m.SecureStop | None = None) -> custody_pb2.CustodyCase:
+    """The wire form of a case; `waiting`: the robot waiting for people with it, if any."""
     pb = custody_pb2.CustodyCase(
         id=case.id,
         state=case_state_to_pb(case.state),
@@ -364,6 +394,8 @@ def case_to_pb(case: CustodyCase) -> custody_pb2.CustodyCase:
         pb.grant.CopyFrom(grant_to_pb(case.grant))
     if case.closed_at is not None:
         pb.closed_at.CopyFrom(ts(case.closed_at))
+    if waiting is not None:
+        pb.waiting_robot.CopyFrom(waiting_to_pb(waiting))
     return pb
 
 
@@ -407,10 +439,12 @@ def event_to_pb(e: CustodyEvent) -> custody_pb2.LedgerEvent:
     return pb
 
 
-def step_to_pb(result: StepResult) -> custody_pb2.CustodyStepResponse:
-    """The wire form of what a step did."""
+def step_to_pb(
+    result: StepResult, waiting: m.SecureStop | None = None
+) -> custody_pb2.CustodyStepResponse:
+    """The wire form of what a step did (`waiting`: as for `case_to_pb`)."""
     return custody_pb2.CustodyStepResponse(
-        custody_case=case_to_pb(result.case),
+        custody_case=case_to_pb(result.case, waiting),
         events=[event_to_pb(e) for e in result.events],
         opened=[discrepancy_to_pb(d) for d in result.opened],
     )
@@ -431,12 +465,29 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
 
     def __init__(self, runner: CustodyRunner) -> None:
         self._runner = runner
+        # The fleet's custody desk, when the runner serves custody with the fleet.
+        desk = getattr(runner, "desk", None)
+        self._desk: CustodyDesk | None = desk if isinstance(desk, CustodyDesk) else None
+
+    def _waiting(self, case_id: str) -> m.SecureStop | None:
+        """The robot waiting with the case (call inside a step: the desk is the bus's)."""
+        return self._desk.waiting_robot(case_id) if self._desk is not None else None
 
     async def _step(
         self, step: Callable[[CustodyBook, float], StepResult], fields: Mapping[str, str]
     ) -> custody_pb2.CustodyStepResponse:
-        result = await self._runner.run(lambda book, now: _renamed(fields, lambda: step(book, now)))
-        return step_to_pb(result)
+        def run(book: CustodyBook, now: float) -> tuple[StepResult, m.SecureStop | None]:
+            result = _renamed(fields, lambda: step(book, now))
+            return result, self._waiting(result.case.id)
+
+        result, waiting = await self._runner.run(run)
+        return step_to_pb(result, waiting)
+
+    def _check_station(self, or_station: str) -> None:
+        """With the fleet, a case's OR must be a station a robot can go to."""
+        stations: frozenset[str] | None = getattr(self._runner, "stations", None)
+        if self._desk is not None and stations is not None and or_station not in stations:
+            raise InvalidArgument("or_station", f"{or_station!r} is not a station of the building")
 
     # -- request and review ----------------------------------------------------------------------
 
@@ -447,6 +498,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         """A new case (REQUESTED)."""
         requester = _person(request, "requester")
         r = request
+        self._check_station(r.or_station)
 
         def step(book: CustodyBook, now: float) -> StepResult:
             return book.request(
@@ -526,10 +578,16 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         """A second pharmacist checks the pick."""
         case_id = _required(request.case_id, "case_id")
         verifier = _person(request, "verifier")
-        return await self._step(
-            lambda book, now: book.verify(case_id, verifier.auth(book, now), now=now),
-            {"verifier_auth": "verifier"},
-        )
+        desk = self._desk
+
+        def step(book: CustodyBook, now: float) -> StepResult:
+            result = book.verify(case_id, verifier.auth(book, now), now=now)
+            if desk is None:
+                return result
+            desk.send(case_id, now=now)  # the robot is called at once
+            return StepResult(book.case(case_id), result.events, result.opened)
+
+        return await self._step(step, {"verifier_auth": "verifier"})
 
     @grpc_errors
     async def Load(
@@ -542,8 +600,19 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         compartment = _compartment(request.compartment)
         seal_id = _required(request.seal_id, "seal_id")
         location = request.location
+        desk = self._desk
+        number = request.compartment
 
         def step(book: CustodyBook, now: float) -> StepResult:
+            if desk is not None:
+                return desk.load(
+                    case_id,
+                    loader.auth(book, now),
+                    seal_id,
+                    now=now,
+                    robot_id=robot_id,
+                    compartment=number,
+                )
             return book.load(
                 case_id,
                 loader.auth(book, now),
@@ -566,12 +635,14 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         case_id = _required(request.case_id, "case_id")
         recipient = _person(request, "recipient")
         fields = {"recipient_auth": "recipient"}
-        grant = await self._runner.run(
-            lambda book, now: _renamed(
-                fields,
-                lambda: book.open_for_recipient(case_id, recipient.auth(book, now), now=now),
-            )
-        )
+        desk = self._desk
+
+        def step(book: CustodyBook, now: float) -> OpenGrant:
+            if desk is not None:
+                return desk.open_for_recipient(case_id, recipient.auth(book, now), now=now)
+            return book.open_for_recipient(case_id, recipient.auth(book, now), now=now)
+
+        grant = await self._runner.run(lambda book, now: _renamed(fields, lambda: step(book, now)))
         return grant_to_pb(grant)
 
     @grpc_errors
@@ -581,9 +652,25 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         """Page the alternate, or send the drugs back, after the timeouts."""
         case_id = _required(request.case_id, "case_id")
         alternate = request.alternate or None
-        return await self._step(
-            lambda book, now: book.recipient_absent(case_id, now=now, alternate=alternate), {}
-        )
+        desk = self._desk
+
+        def step(book: CustodyBook, now: float) -> StepResult:
+            result = book.recipient_absent(case_id, now=now, alternate=alternate)
+            if desk is not None and result.case.state is CaseState.RETURNING_TO_PHARMACY:
+                # As the desk's own timer does: the robot takes the drugs back.
+                trip = desk.trip_of(case_id)
+                if trip is not None and not trip.done:
+                    trip.waiting = None
+                    desk.submit(
+                        m.RedirectOrder(
+                            trip.order_id,
+                            desk.pharmacy_station,
+                            f"nobody received custody case {case_id}: back to the pharmacy",
+                        )
+                    )
+            return result
+
+        return await self._step(step, {})
 
     @grpc_errors
     async def Receive(
@@ -699,7 +786,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         empties = _counts(request.empty_containers_by_lot, "empty_containers_by_lot")
 
         def step(book: CustodyBook, now: float) -> StepResult:
-            return book.reconcile(
+            result = book.reconcile(
                 case_id,
                 actor.auth(book, now),
                 unused,
@@ -707,6 +794,16 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
                 now=now,
                 witness_auth=_auth_of(witness, book, now),
             )
+            place_return = getattr(self._runner, "place_return", None)
+            if (
+                place_return is not None
+                and result.case.state is CaseState.RECONCILIATION_SUBMITTED
+                and place_return(case_id, now)
+            ):
+                # The robot that brought the drugs comes back for the return (placed now, or
+                # once its outbound order is delivered).
+                return StepResult(book.case(case_id), result.events, result.opened)
+            return result
 
         return await self._step(step, {"actor_auth": "actor", "witness_auth": "witness"})
 
@@ -721,7 +818,19 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         compartment = _compartment(request.compartment)
         seal_id = _required(request.seal_id, "seal_id")
 
+        desk = self._desk
+        number = request.compartment
+
         def step(book: CustodyBook, now: float) -> StepResult:
+            if desk is not None:
+                return desk.load_return(
+                    case_id,
+                    loader.auth(book, now),
+                    seal_id,
+                    now=now,
+                    robot_id=robot_id,
+                    compartment=number,
+                )
             return book.load_return(
                 case_id, loader.auth(book, now), robot_id, compartment, seal_id, now=now
             )
@@ -740,8 +849,27 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         empties = _counts(request.blind_count_empties, "blind_count_empties")
         seal_seen = request.seal_id_seen or None
 
+        desk = self._desk
+
         def step(book: CustodyBook, now: float) -> StepResult:
-            return book.return_receive(
+            stop = desk.waiting_robot(case_id) if desk is not None else None
+            if (
+                desk is not None
+                and stop is not None
+                and stop.kind == "DROPOFF"
+                and stop.station == desk.pharmacy_station
+            ):
+                # A robot brought it back: it opens for the pharmacist and is freed.
+                return desk.return_receive(
+                    case_id,
+                    pharmacist.auth(book, now),
+                    witness.auth(book, now),
+                    unused,
+                    empties,
+                    now=now,
+                    seal_id_seen=seal_seen,
+                )
+            return book.return_receive(  # returned by hand
                 case_id,
                 pharmacist.auth(book, now),
                 witness.auth(book, now),
@@ -850,8 +978,10 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
     ) -> custody_pb2.CustodyCase:
         """One case."""
         case_id = _required(request.case_id, "case_id")
-        case = await self._runner.run(lambda book, now: book.case(case_id))
-        return case_to_pb(case)
+        case, waiting = await self._runner.run(
+            lambda book, now: (book.case(case_id), self._waiting(case_id))
+        )
+        return case_to_pb(case, waiting)
 
     @grpc_errors
     async def ListCases(
@@ -864,9 +994,11 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             if state is None:
                 raise InvalidArgument("states", f"{value} is not a case state")
             wanted.add(state)
-        cases = await self._runner.run(lambda book, now: book.cases())
+        cases = await self._runner.run(
+            lambda book, now: [(c, self._waiting(c.id)) for c in book.cases()]
+        )
         return custody_pb2.ListCasesResponse(
-            cases=[case_to_pb(c) for c in cases if not wanted or c.state in wanted]
+            cases=[case_to_pb(c, w) for c, w in cases if not wanted or c.state in wanted]
         )
 
     @grpc_errors
@@ -920,4 +1052,5 @@ __all__ = [
     "grant_to_pb",
     "open_custody_runner",
     "step_to_pb",
+    "waiting_to_pb",
 ]

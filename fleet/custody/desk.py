@@ -140,11 +140,21 @@ class CustodyDesk:
         return order
 
     def load(
-        self, case_id: str, loader_auth: Authentication, seal_id: str, *, now: float
+        self,
+        case_id: str,
+        loader_auth: Authentication,
+        seal_id: str,
+        *,
+        now: float,
+        robot_id: str | None = None,
+        compartment: int | None = None,
     ) -> StepResult:
         """The pharmacist locks the drugs into the compartment of the robot waiting at the
-        hatch under `seal_id` (book: LOADED); the robot seals it and leaves."""
+        hatch under `seal_id` (book: LOADED); the robot seals it and leaves. `robot_id` and
+        `compartment`, when given (what the pharmacist scanned), must be those of the robot
+        waiting: FailedPrecondition naming both otherwise, and nothing changes."""
         stop = self._waiting(case_id, "PICKUP", Leg.OUTBOUND)
+        _check_robot(case_id, stop, robot_id, compartment)
         result = self.book.load(
             case_id,
             loader_auth,
@@ -203,11 +213,20 @@ class CustodyDesk:
         return order
 
     def load_return(
-        self, case_id: str, loader_auth: Authentication, seal_id: str, *, now: float
+        self,
+        case_id: str,
+        loader_auth: Authentication,
+        seal_id: str,
+        *,
+        now: float,
+        robot_id: str | None = None,
+        compartment: int | None = None,
     ) -> StepResult:
         """The OR person locks the unused units and empties into the compartment of the robot
-        waiting at the OR (book: RETURN_IN_TRANSIT); the robot seals it and leaves."""
+        waiting at the OR (book: RETURN_IN_TRANSIT); the robot seals it and leaves. `robot_id`
+        and `compartment` as for `load`."""
         stop = self._waiting(case_id, "PICKUP", Leg.RETURN)
+        _check_robot(case_id, stop, robot_id, compartment)
         result = self.book.load_return(
             case_id, loader_auth, stop.robot_id, str(stop.compartment), seal_id, now=now
         )
@@ -357,3 +376,17 @@ class CustodyDesk:
                 f"(order {trip.order_id})"
             )
         return stop
+
+
+def _check_robot(
+    case_id: str, stop: m.SecureStop, robot_id: str | None, compartment: int | None
+) -> None:
+    """The robot and compartment a person scanned are those of the robot waiting."""
+    if (robot_id is not None and robot_id != stop.robot_id) or (
+        compartment is not None and compartment != stop.compartment
+    ):
+        given = f"robot {robot_id or stop.robot_id} compartment {compartment or stop.compartment}"
+        raise FailedPrecondition(
+            f"case {case_id}: {given} was given, but robot {stop.robot_id} compartment "
+            f"{stop.compartment} waits at {stop.station} for it"
+        )

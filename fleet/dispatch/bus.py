@@ -3,8 +3,9 @@
 `Router` delivers core output to whoever registered for it (robot streams, controller streams,
 order watchers). `replan_now` runs a whole re-plan synchronously (the digital twin's fast mode,
 where solving takes no virtual time). `AsyncBus` is the live service's bus: one asyncio task
-owns the core; gRPC servicers `submit` commands to it; the solve runs in a worker process so a
-long optimization never stalls robot traffic.
+owns the core; gRPC servicers `submit` commands to it (or `call` a synchronous function on
+its task, as the custody desk does); the solve runs in a worker process so a long optimization
+never stalls robot traffic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fleet.dispatch import messages as m
 from fleet.dispatch.core import FleetCore
@@ -24,6 +26,8 @@ from fleet.domain.order import Order
 from fleet.planning import Plan, Problem, build_problem
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Solve = Callable[[Problem], Plan]
 RobotSink = Callable[[m.WelcomeRobot | m.SendStep | m.SendInstantAction], None]
@@ -107,6 +111,12 @@ class _Envelope:
 
 
 @dataclass
+class _Call:
+    fn: Callable[[], Any]
+    reply: asyncio.Future[Any]
+
+
+@dataclass
 class _PlanReady:
     plan: Plan
     epoch: int
@@ -130,7 +140,7 @@ class AsyncBus:
         self._executor = executor
         self._tick_interval_s = tick_interval_s
         self._on_solved = on_solved
-        self._queue: asyncio.Queue[_Envelope | _PlanReady] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Envelope | _Call | _PlanReady] = asyncio.Queue()
         self._solving = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -139,6 +149,17 @@ class AsyncBus:
         reply: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Envelope(msg, reply))
         return await reply
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run the synchronous `fn()` on the core's own task, between two messages, and return
+        its result (or raise its exception). `fn` may call `core.handle` directly (it is the
+        single writer then, like the bus itself); what the core emitted meanwhile is routed and
+        a re-plan it asks for is started, exactly as for a submitted message. For work that
+        must see the core and what rides on it as one (the custody desk)."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Call(fn, reply))
+        result: T = await reply
+        return result
 
     def post(self, msg: m.Inbound) -> None:
         """Hand a message to the core without waiting (robot and controller reports)."""
@@ -162,7 +183,11 @@ class AsyncBus:
         # Nobody will handle what is still queued: tell the callers waiting for it.
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Envelope) and item.reply is not None and not item.reply.done():
+            if (
+                isinstance(item, _Envelope | _Call)
+                and item.reply is not None
+                and not item.reply.done()
+            ):
                 item.reply.set_exception(DispatcherStopped("the dispatcher is shutting down"))
 
     async def _ticker(self) -> None:
@@ -179,12 +204,21 @@ class AsyncBus:
                 # A bug in one message must not stop the dispatcher: log it and go on.
                 log.exception("error while handling %s", type(item).__name__)
 
-    def _process(self, item: _Envelope | _PlanReady) -> None:
+    def _process(self, item: _Envelope | _Call | _PlanReady) -> None:
         if isinstance(item, _PlanReady):
             self._solving = False
             self.core.apply_plan(item.plan, item.epoch)
             if self._on_solved is not None:
                 self._on_solved(item.solve_s)
+        elif isinstance(item, _Call):
+            try:
+                value = item.fn()
+            except Exception as exc:  # the caller's error, not the bus's
+                if not item.reply.done():
+                    item.reply.set_exception(exc)
+            else:
+                if not item.reply.done():
+                    item.reply.set_result(value)
         else:
             try:
                 result = self.core.handle(item.msg)

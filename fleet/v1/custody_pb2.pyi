@@ -197,6 +197,34 @@ CUSTODY_LEG_RETURN: CustodyLeg.ValueType  # 2
 """OR (or an undelivered robot) back to the pharmacy."""
 Global___CustodyLeg: _TypeAlias = CustodyLeg  # noqa: Y015
 
+class _SecureStopKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SecureStopKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SecureStopKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SECURE_STOP_KIND_UNSPECIFIED: _SecureStopKind.ValueType  # 0
+    """Never sent by the server."""
+    SECURE_STOP_KIND_PICKUP: _SecureStopKind.ValueType  # 1
+    """To be loaded: its compartment is sealed after (Load, LoadReturn)."""
+    SECURE_STOP_KIND_DROPOFF: _SecureStopKind.ValueType  # 2
+    """To be emptied: its compartment opens for an authenticated person (OpenCompartment,
+    ReturnReceive).
+    """
+
+class SecureStopKind(_SecureStopKind, metaclass=_SecureStopKindEnumTypeWrapper):
+    """What a robot waits for at a station with a custody case."""
+
+SECURE_STOP_KIND_UNSPECIFIED: SecureStopKind.ValueType  # 0
+"""Never sent by the server."""
+SECURE_STOP_KIND_PICKUP: SecureStopKind.ValueType  # 1
+"""To be loaded: its compartment is sealed after (Load, LoadReturn)."""
+SECURE_STOP_KIND_DROPOFF: SecureStopKind.ValueType  # 2
+"""To be emptied: its compartment opens for an authenticated person (OpenCompartment,
+ReturnReceive).
+"""
+Global___SecureStopKind: _TypeAlias = SecureStopKind  # noqa: Y015
+
 class _DiscrepancyState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1561,6 +1589,7 @@ class CustodyCase(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     EVENT_SEQS_FIELD_NUMBER: _builtins.int
+    WAITING_ROBOT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The case id, e.g. "CD-000001"."""
     state: Global___CaseState.ValueType
@@ -1651,6 +1680,13 @@ class CustodyCase(_message.Message):
     def event_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The ledger seqs of the case's events, in order."""
 
+    @_builtins.property
+    def waiting_robot(self) -> Global___WaitingRobot:
+        """The robot waiting for people with the case's compartment now: at the pharmacy hatch to be
+        loaded, at the OR to be opened for the recipient or loaded with the return, back at the
+        pharmacy to be emptied. Absent when none waits, and on a server without the fleet.
+        """
+
     def __init__(
         self,
         *,
@@ -1689,14 +1725,59 @@ class CustodyCase(_message.Message):
         history: _abc.Iterable[Global___CaseHistoryEntry] | None = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         event_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        waiting_robot: Global___WaitingRobot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "grant", b"grant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "grant", b"grant", "waiting_robot", b"waiting_robot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountable", b"accountable", "alternate", b"alternate", "alternates", b"alternates", "approved_by", b"approved_by", "case_ref", b"case_ref", "closed_at", b"closed_at", "compartment", b"compartment", "created_at", b"created_at", "custodian", b"custodian", "discrepancies", b"discrepancies", "drug_code", b"drug_code", "event_seqs", b"event_seqs", "fault_detail", b"fault_detail", "fault_location", b"fault_location", "grant", b"grant", "history", b"history", "id", b"id", "leg", b"leg", "lots", b"lots", "or_station", b"or_station", "order_id", b"order_id", "patient_ref", b"patient_ref", "picker", b"picker", "prescription_no", b"prescription_no", "quantity", b"quantity", "reason", b"reason", "received_by", b"received_by", "recipient", b"recipient", "requested_by", b"requested_by", "returns_empty_container", b"returns_empty_container", "robot_id", b"robot_id", "seal_id", b"seal_id", "state", b"state", "unit", b"unit", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountable", b"accountable", "alternate", b"alternate", "alternates", b"alternates", "approved_by", b"approved_by", "case_ref", b"case_ref", "closed_at", b"closed_at", "compartment", b"compartment", "created_at", b"created_at", "custodian", b"custodian", "discrepancies", b"discrepancies", "drug_code", b"drug_code", "event_seqs", b"event_seqs", "fault_detail", b"fault_detail", "fault_location", b"fault_location", "grant", b"grant", "history", b"history", "id", b"id", "leg", b"leg", "lots", b"lots", "or_station", b"or_station", "order_id", b"order_id", "patient_ref", b"patient_ref", "picker", b"picker", "prescription_no", b"prescription_no", "quantity", b"quantity", "reason", b"reason", "received_by", b"received_by", "recipient", b"recipient", "requested_by", b"requested_by", "returns_empty_container", b"returns_empty_container", "robot_id", b"robot_id", "seal_id", b"seal_id", "state", b"state", "unit", b"unit", "verifier", b"verifier", "waiting_robot", b"waiting_robot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustodyCase: _TypeAlias = CustodyCase  # noqa: Y015
+
+@_typing.final
+class WaitingRobot(_message.Message):
+    """A robot standing at a station with a custody case, waiting for people."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROBOT_ID_FIELD_NUMBER: _builtins.int
+    STATION_FIELD_NUMBER: _builtins.int
+    COMPARTMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    robot_id: _builtins.str
+    """The robot (as it announced itself in RobotHello)."""
+    station: _builtins.str
+    """The station where it waits (e.g. "PHARMACY", "OR-03")."""
+    compartment: _builtins.int
+    """The compartment kept for the case, numbered from 1 (0: the robot has no compartments)."""
+    kind: Global___SecureStopKind.ValueType
+    """What it waits for."""
+    order_id: _builtins.str
+    """The fleet order of this leg."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When it started waiting."""
+
+    def __init__(
+        self,
+        *,
+        robot_id: _builtins.str = ...,
+        station: _builtins.str = ...,
+        compartment: _builtins.int = ...,
+        kind: Global___SecureStopKind.ValueType = ...,
+        order_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compartment", b"compartment", "kind", b"kind", "order_id", b"order_id", "robot_id", b"robot_id", "since", b"since", "station", b"station"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitingRobot: _TypeAlias = WaitingRobot  # noqa: Y015
 
 @_typing.final
 class ProposedResolution(_message.Message):

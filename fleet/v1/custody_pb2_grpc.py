@@ -248,7 +248,10 @@ class CustodyServiceServicer:
 
     def Verify(self, request, context):
         """A second pharmacist, not the picker, checks the pick (PICKED -> VERIFIED). The picker
-        verifying their own pick gets PERMISSION_DENIED.
+        verifying their own pick gets PERMISSION_DENIED. On a dispatcher serving custody with its
+        fleet (`fleet serve --custody`), the robot is called at once: the case's order from the
+        pharmacy hatch to its OR is placed (CustodyCase.order_id, the order's custody_case), and
+        CustodyCase.waiting_robot shows the robot once it waits at the hatch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,7 +259,10 @@ class CustodyServiceServicer:
 
     def Load(self, request, context):
         """The pharmacist holding the drugs locks them in a robot compartment under a new seal
-        (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher).
+        (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher). With the fleet
+        (`fleet serve --custody`), a robot must be waiting at the hatch for the case
+        (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
+        FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,7 +270,9 @@ class CustodyServiceServicer:
 
     def OpenCompartment(self, request, context):
         """The recipient authenticates at the robot: the compartment may open for that person alone,
-        for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant.
+        for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant. With the fleet,
+        the robot waiting at the OR (CustodyCase.waiting_robot, DROPOFF) is told to open
+        (OPEN_COMPARTMENT for that person and window); FAILED_PRECONDITION while none waits there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -323,6 +331,9 @@ class CustodyServiceServicer:
     def Reconcile(self, request, context):
         """End of the surgical case: blind counts by lot of the unused units and of the empty
         containers (IN_OR_CUSTODY -> RECONCILIATION_SUBMITTED). A mismatch opens a discrepancy.
+        With the fleet, the return leg is placed as soon as the outbound order is delivered (at
+        once if it is): the robot that brought the drugs comes back to the OR for them (same
+        compartment); CustodyCase.waiting_robot shows it there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -331,7 +342,8 @@ class CustodyServiceServicer:
     def LoadReturn(self, request, context):
         """The holder locks the unused units and the empty containers in the case's compartment (the
         same robot and compartment as the outbound leg) under a new seal
-        (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT).
+        (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT). With the fleet, that robot must be
+        waiting at the OR (CustodyCase.waiting_robot, PICKUP); it seals the compartment and leaves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -340,7 +352,9 @@ class CustodyServiceServicer:
     def ReturnReceive(self, request, context):
         """The pharmacy takes a return in, a pharmacist and a witness, with blind counts by lot
         (-> RETURN_RECEIVED, then CLOSED or DISCREPANCY_OPEN). Also puts a pick back, and takes an
-        undelivered, recovered or hand-carried delivery back.
+        undelivered, recovered or hand-carried delivery back. With the fleet, when a robot waits
+        at the pharmacy with the case (CustodyCase.waiting_robot, DROPOFF), its compartment opens
+        for the pharmacist and the robot is freed; otherwise the return came by hand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

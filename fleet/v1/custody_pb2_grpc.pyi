@@ -73,15 +73,23 @@ class CustodyServiceStub:
     """
     Verify: _grpc.UnaryUnaryMultiCallable[_custody_pb2.VerifyRequest, _custody_pb2.CustodyStepResponse]
     """A second pharmacist, not the picker, checks the pick (PICKED -> VERIFIED). The picker
-    verifying their own pick gets PERMISSION_DENIED.
+    verifying their own pick gets PERMISSION_DENIED. On a dispatcher serving custody with its
+    fleet (`fleet serve --custody`), the robot is called at once: the case's order from the
+    pharmacy hatch to its OR is placed (CustodyCase.order_id, the order's custody_case), and
+    CustodyCase.waiting_robot shows the robot once it waits at the hatch.
     """
     Load: _grpc.UnaryUnaryMultiCallable[_custody_pb2.LoadRequest, _custody_pb2.CustodyStepResponse]
     """The pharmacist holding the drugs locks them in a robot compartment under a new seal
-    (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher).
+    (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher). With the fleet
+    (`fleet serve --custody`), a robot must be waiting at the hatch for the case
+    (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
+    FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
     """
     OpenCompartment: _grpc.UnaryUnaryMultiCallable[_custody_pb2.OpenCompartmentRequest, _custody_pb2.CompartmentGrant]
     """The recipient authenticates at the robot: the compartment may open for that person alone,
-    for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant.
+    for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant. With the fleet,
+    the robot waiting at the OR (CustodyCase.waiting_robot, DROPOFF) is told to open
+    (OPEN_COMPARTMENT for that person and window); FAILED_PRECONDITION while none waits there.
     """
     RecipientAbsent: _grpc.UnaryUnaryMultiCallable[_custody_pb2.RecipientAbsentRequest, _custody_pb2.CustodyStepResponse]
     """Nobody came within the timeout: page the alternate recipient (AWAITING_RECIPIENT ->
@@ -111,16 +119,22 @@ class CustodyServiceStub:
     Reconcile: _grpc.UnaryUnaryMultiCallable[_custody_pb2.ReconcileRequest, _custody_pb2.CustodyStepResponse]
     """End of the surgical case: blind counts by lot of the unused units and of the empty
     containers (IN_OR_CUSTODY -> RECONCILIATION_SUBMITTED). A mismatch opens a discrepancy.
+    With the fleet, the return leg is placed as soon as the outbound order is delivered (at
+    once if it is): the robot that brought the drugs comes back to the OR for them (same
+    compartment); CustodyCase.waiting_robot shows it there.
     """
     LoadReturn: _grpc.UnaryUnaryMultiCallable[_custody_pb2.LoadReturnRequest, _custody_pb2.CustodyStepResponse]
     """The holder locks the unused units and the empty containers in the case's compartment (the
     same robot and compartment as the outbound leg) under a new seal
-    (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT).
+    (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT). With the fleet, that robot must be
+    waiting at the OR (CustodyCase.waiting_robot, PICKUP); it seals the compartment and leaves.
     """
     ReturnReceive: _grpc.UnaryUnaryMultiCallable[_custody_pb2.ReturnReceiveRequest, _custody_pb2.CustodyStepResponse]
     """The pharmacy takes a return in, a pharmacist and a witness, with blind counts by lot
     (-> RETURN_RECEIVED, then CLOSED or DISCREPANCY_OPEN). Also puts a pick back, and takes an
-    undelivered, recovered or hand-carried delivery back.
+    undelivered, recovered or hand-carried delivery back. With the fleet, when a robot waits
+    at the pharmacy with the case (CustodyCase.waiting_robot, DROPOFF), its compartment opens
+    for the pharmacist and the robot is freed; otherwise the return came by hand.
     """
     Recover: _grpc.UnaryUnaryMultiCallable[_custody_pb2.RecoverRequest, _custody_pb2.CustodyStepResponse]
     """Two people (a pharmacist leading) force a faulted robot's compartment open, check the seal
@@ -196,15 +210,23 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     """
     Verify: _aio.UnaryUnaryMultiCallable[_custody_pb2.VerifyRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """A second pharmacist, not the picker, checks the pick (PICKED -> VERIFIED). The picker
-    verifying their own pick gets PERMISSION_DENIED.
+    verifying their own pick gets PERMISSION_DENIED. On a dispatcher serving custody with its
+    fleet (`fleet serve --custody`), the robot is called at once: the case's order from the
+    pharmacy hatch to its OR is placed (CustodyCase.order_id, the order's custody_case), and
+    CustodyCase.waiting_robot shows the robot once it waits at the hatch.
     """
     Load: _aio.UnaryUnaryMultiCallable[_custody_pb2.LoadRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """The pharmacist holding the drugs locks them in a robot compartment under a new seal
-    (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher).
+    (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher). With the fleet
+    (`fleet serve --custody`), a robot must be waiting at the hatch for the case
+    (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
+    FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
     """
     OpenCompartment: _aio.UnaryUnaryMultiCallable[_custody_pb2.OpenCompartmentRequest, _custody_pb2.CompartmentGrant]  # type: ignore[assignment]
     """The recipient authenticates at the robot: the compartment may open for that person alone,
-    for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant.
+    for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant. With the fleet,
+    the robot waiting at the OR (CustodyCase.waiting_robot, DROPOFF) is told to open
+    (OPEN_COMPARTMENT for that person and window); FAILED_PRECONDITION while none waits there.
     """
     RecipientAbsent: _aio.UnaryUnaryMultiCallable[_custody_pb2.RecipientAbsentRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """Nobody came within the timeout: page the alternate recipient (AWAITING_RECIPIENT ->
@@ -234,16 +256,22 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     Reconcile: _aio.UnaryUnaryMultiCallable[_custody_pb2.ReconcileRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """End of the surgical case: blind counts by lot of the unused units and of the empty
     containers (IN_OR_CUSTODY -> RECONCILIATION_SUBMITTED). A mismatch opens a discrepancy.
+    With the fleet, the return leg is placed as soon as the outbound order is delivered (at
+    once if it is): the robot that brought the drugs comes back to the OR for them (same
+    compartment); CustodyCase.waiting_robot shows it there.
     """
     LoadReturn: _aio.UnaryUnaryMultiCallable[_custody_pb2.LoadReturnRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """The holder locks the unused units and the empty containers in the case's compartment (the
     same robot and compartment as the outbound leg) under a new seal
-    (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT).
+    (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT). With the fleet, that robot must be
+    waiting at the OR (CustodyCase.waiting_robot, PICKUP); it seals the compartment and leaves.
     """
     ReturnReceive: _aio.UnaryUnaryMultiCallable[_custody_pb2.ReturnReceiveRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """The pharmacy takes a return in, a pharmacist and a witness, with blind counts by lot
     (-> RETURN_RECEIVED, then CLOSED or DISCREPANCY_OPEN). Also puts a pick back, and takes an
-    undelivered, recovered or hand-carried delivery back.
+    undelivered, recovered or hand-carried delivery back. With the fleet, when a robot waits
+    at the pharmacy with the case (CustodyCase.waiting_robot, DROPOFF), its compartment opens
+    for the pharmacist and the robot is freed; otherwise the return came by hand.
     """
     Recover: _aio.UnaryUnaryMultiCallable[_custody_pb2.RecoverRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
     """Two people (a pharmacist leading) force a faulted robot's compartment open, check the seal
@@ -352,7 +380,10 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
         """A second pharmacist, not the picker, checks the pick (PICKED -> VERIFIED). The picker
-        verifying their own pick gets PERMISSION_DENIED.
+        verifying their own pick gets PERMISSION_DENIED. On a dispatcher serving custody with its
+        fleet (`fleet serve --custody`), the robot is called at once: the case's order from the
+        pharmacy hatch to its OR is placed (CustodyCase.order_id, the order's custody_case), and
+        CustodyCase.waiting_robot shows the robot once it waits at the hatch.
         """
 
     @_abc_1.abstractmethod
@@ -362,7 +393,10 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
         """The pharmacist holding the drugs locks them in a robot compartment under a new seal
-        (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher).
+        (VERIFIED or RECOVERED -> LOADED). The robot then departs (dispatcher). With the fleet
+        (`fleet serve --custody`), a robot must be waiting at the hatch for the case
+        (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
+        FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
         """
 
     @_abc_1.abstractmethod
@@ -372,7 +406,9 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_custody_pb2.CompartmentGrant, _abc.Awaitable[_custody_pb2.CompartmentGrant]]:
         """The recipient authenticates at the robot: the compartment may open for that person alone,
-        for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant.
+        for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant. With the fleet,
+        the robot waiting at the OR (CustodyCase.waiting_robot, DROPOFF) is told to open
+        (OPEN_COMPARTMENT for that person and window); FAILED_PRECONDITION while none waits there.
         """
 
     @_abc_1.abstractmethod
@@ -444,6 +480,9 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
         """End of the surgical case: blind counts by lot of the unused units and of the empty
         containers (IN_OR_CUSTODY -> RECONCILIATION_SUBMITTED). A mismatch opens a discrepancy.
+        With the fleet, the return leg is placed as soon as the outbound order is delivered (at
+        once if it is): the robot that brought the drugs comes back to the OR for them (same
+        compartment); CustodyCase.waiting_robot shows it there.
         """
 
     @_abc_1.abstractmethod
@@ -454,7 +493,8 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
         """The holder locks the unused units and the empty containers in the case's compartment (the
         same robot and compartment as the outbound leg) under a new seal
-        (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT).
+        (RECONCILIATION_SUBMITTED -> RETURN_IN_TRANSIT). With the fleet, that robot must be
+        waiting at the OR (CustodyCase.waiting_robot, PICKUP); it seals the compartment and leaves.
         """
 
     @_abc_1.abstractmethod
@@ -465,7 +505,9 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
         """The pharmacy takes a return in, a pharmacist and a witness, with blind counts by lot
         (-> RETURN_RECEIVED, then CLOSED or DISCREPANCY_OPEN). Also puts a pick back, and takes an
-        undelivered, recovered or hand-carried delivery back.
+        undelivered, recovered or hand-carried delivery back. With the fleet, when a robot waits
+        at the pharmacy with the case (CustodyCase.waiting_robot, DROPOFF), its compartment opens
+        for the pharmacist and the robot is freed; otherwise the return came by hand.
         """
 
     @_abc_1.abstractmethod
