@@ -357,8 +357,7 @@ class CustodyDay:
             case = self.book.case(trip.case_id)
             if case.state is CaseState.DELIVERY_FAULT:
                 self._later(300, 900, lambda: self._start_recovery(trip.case_id))
-            elif case.state in (CaseState.VERIFIED, CaseState.RECOVERED):
-                self._later(120, 300, lambda: self._send(trip.case_id))
+            # (A VERIFIED case whose trip ended unloaded: the desk sends it again itself.)
 
     def _desk_sees(self, report: Callable[[], None]) -> None:
         """The desk takes a fleet report (the service does the same on the core's task)."""

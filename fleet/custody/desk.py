@@ -87,6 +87,7 @@ class CustodyDesk:
     trips: dict[str, Trip] = field(default_factory=dict)  # order id -> trip
     current: dict[str, str] = field(default_factory=dict)  # case id -> order id of its trip
     log: list[DeskLog] = field(default_factory=list)
+    resend: set[str] = field(default_factory=set)  # verified cases whose trip ended unloaded
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -311,15 +312,24 @@ class CustodyDesk:
                     location=f"robot {order.robot_id}",
                 )
                 self.log.append(DeskLog(now, case.id, f"robot fault: {order.failure_reason}"))
-            else:
+            elif case.state is CaseState.VERIFIED and trip.leg is Leg.OUTBOUND:
+                # The trip ended before loading (its robot went offline on the way to the
+                # hatch, say): the drugs are still with the pharmacist; call a robot again.
+                self.resend.add(case.id)
                 self.log.append(
-                    DeskLog(now, case.id, f"{order.id} {order.state.value}: send it again")
+                    DeskLog(now, case.id, f"{order.id} {order.state.value}: sending again")
                 )
 
     def tick(self, now: float) -> list[str]:
         """Nobody came for a case within the book's timeouts: page the alternate, then send the
-        robot back to the pharmacy. Returns the cases moved."""
+        robot back to the pharmacy. A verified case whose trip ended before it was loaded gets a
+        new one. Returns the cases moved."""
         moved = []
+        for case_id in sorted(self.resend):
+            self.resend.discard(case_id)
+            if self.book.case(case_id).state is CaseState.VERIFIED:
+                self.send(case_id, now=now)
+                moved.append(case_id)
         for case_id in self.book.timeouts_due(now):
             result = self.book.recipient_absent(case_id, now=now)
             moved.append(case_id)

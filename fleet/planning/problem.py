@@ -287,8 +287,9 @@ class Task:
     whatever is loaded while it is on board goes into other compartments. Not combinable with
     `loaded_at_start`. None (the default): any compartment."""
     custody: bool = False
-    """A controlled-drug custody case's order: it needs a compartment no other case keeps for
-    its return (`VehicleState.custody_full`); a pinned return leg rides in its own."""
+    """A controlled-drug custody case's order: it needs a robot with lockable compartments and
+    one no other case keeps for its return (`VehicleState.custody_full`); a pinned return leg
+    rides in its own."""
 
 
 @dataclass(frozen=True)
@@ -640,8 +641,9 @@ def fits_vehicle(vehicle: VehicleState, task: Task) -> bool:
         return False
     if vehicle.compartments is not None and vehicle.compartments < 1:
         return False
-    if task.custody and task.pinned_robot is None and vehicle.custody_full:
-        return False
+    if task.custody and (not vehicle.compartments or vehicle.custody_full):
+        # A custody case rides in a lockable compartment, one no other case keeps.
+        return task.pinned_robot is not None and bool(vehicle.compartments)
     pinned = task.pinned_compartment
     return pinned is None or (vehicle.compartments is not None and pinned < vehicle.compartments)
 
