@@ -19,8 +19,10 @@ import functools
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from fleet.api.custody_runner import DeskCustodyRunner
 from fleet.api.server import GrpcServer, build_server
@@ -32,6 +34,7 @@ from fleet.custody.desk import CustodyDesk
 from fleet.custody.lifecycle import ClockedSink
 from fleet.custody.people import PinHashing
 from fleet.custody.setup import CustodySources, build_custody_book
+from fleet.dispatch import messages as m
 from fleet.dispatch.bus import AsyncBus, DispatcherStopped
 from fleet.dispatch.core import CoreConfig, FleetCore
 from fleet.dispatch.ports import FleetStore
@@ -39,6 +42,8 @@ from fleet.metrics import FleetMetrics, MetricsEndpoint, run_refresher, serve_me
 from fleet.planning import solve
 from fleet.store import open_store
 from fleet.store.ledger import LedgerStore, open_ledger
+from schedulers.expiry import ExpiryAlert, ExpirySweep
+from schedulers.jobs import build_scheduler, expiry_sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ class Service:
         self._ledger: LedgerStore | None = None
         self._desk: CustodyDesk | None = None
         self._custody_ticker: asyncio.Task[None] | None = None
+        self._scheduler: Any = None  # APScheduler's AsyncIOScheduler (untyped library)
         self.metrics = FleetMetrics()
 
     # ---- what tests and the command line look at ----------------------------------------------
@@ -149,6 +155,8 @@ class Service:
                 self._custody_ticker = asyncio.create_task(
                     self._tick_custody(self._bus, self._desk, core.clock), name="fleet-custody"
                 )
+                self._scheduler = self._expiry_scheduler(core, self._bus, self._desk)
+                self._scheduler.start()
             self._grpc = build_server(self._bus, core, s, custody=runner)
             await self._grpc.start()
             self.metrics.refresh(core)
@@ -216,6 +224,41 @@ class Service:
         return runner
 
     @staticmethod
+    def _expiry_scheduler(core: FleetCore, bus: AsyncBus, desk: CustodyDesk) -> Any:
+        """The daily expiry sweep of the vault (and once at start): lots 30 and 7 days from
+        expiry, and expired lots (which the book never issues), become alerts for the
+        operations centre (OperationsService.ListAlerts / WatchAlerts)."""
+        zone = ZoneInfo(core.building.timezone)
+
+        async def raise_alerts(alerts: Sequence[ExpiryAlert]) -> None:
+            for alert in alerts:
+                severity = (
+                    m.AlertSeverity.CRITICAL
+                    if alert.expired
+                    else m.AlertSeverity.WARNING
+                    if alert.days_left <= 7
+                    else m.AlertSeverity.INFO
+                )
+                await bus.submit(
+                    m.RaiseAlert(
+                        f"LOT_{alert.level}",
+                        severity,
+                        f"{alert.drug_code}/{alert.lot}",
+                        alert.message,
+                    )
+                )
+
+        job = expiry_sweep_job(
+            sweep=ExpirySweep(desk.book.catalogue),
+            stock=lambda: desk.book.stock,
+            clock=core.clock,
+            timezone=zone,
+            on_alerts=raise_alerts,
+            run_on_start=True,
+        )
+        return build_scheduler([job], timezone=zone)
+
+    @staticmethod
     async def _tick_custody(bus: AsyncBus, desk: CustodyDesk, clock: Clock) -> None:
         """Every few seconds: the desk pages alternates and sends robots back for recipients
         who did not come."""
@@ -236,6 +279,9 @@ class Service:
         if self._grpc is not None:
             grpc_server, self._grpc = self._grpc, None
             await grpc_server.stop(grace)
+        if self._scheduler is not None:
+            scheduler, self._scheduler = self._scheduler, None
+            scheduler.shutdown(wait=False)
         if self._custody_ticker is not None:
             self._custody_ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

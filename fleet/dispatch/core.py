@@ -319,6 +319,11 @@ class FleetCore:
             self._request_ack(msg)
         elif isinstance(msg, m.OperatorCommand):
             self._operator(msg)
+        elif isinstance(msg, m.RaiseAlert):
+            for name in ("code", "subject", "message"):
+                if not getattr(msg, name).strip():
+                    raise InvalidArgument(name, "is required")
+            self._alert(msg.code, msg.severity, msg.subject, msg.message)
         elif isinstance(msg, m.Tick):
             self._tick()
         return None

@@ -250,6 +250,17 @@ class OperatorCommand:
 
 
 @dataclass(frozen=True)
+class RaiseAlert:
+    """An alert from outside the core (the vault's expiry sweep): kept, listed and watched
+    like the core's own (`Alert`), once per code and subject until the message changes."""
+
+    code: str
+    severity: AlertSeverity
+    subject: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ControllerHello:
     """A door/lift controller connected and named its devices."""
 
@@ -279,6 +290,7 @@ Inbound = (
     | FireAlarm
     | RequestAck
     | OperatorCommand
+    | RaiseAlert
     | Tick
 )
 
