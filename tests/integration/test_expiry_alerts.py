@@ -45,7 +45,7 @@ async def test_an_expired_lot_is_an_alert_for_the_operations_centre(tmp_path: Pa
         assert "expired on 2026-09-30" in expired[0].message
         assert "blocked from issue" in expired[0].message
     finally:
-        await channel.close()
+        await channel.close(None)
         await service.stop(grace=0)
     # A service without custody has no vault and no sweep.
     plain = Service(
