@@ -31,6 +31,7 @@ from fleet.building.loader import load_building
 from fleet.clock import Clock, ScaledClock, SystemClock
 from fleet.config import METRICS_OFF, Settings
 from fleet.custody.desk import CustodyDesk
+from fleet.custody.keys import load_signing_key
 from fleet.custody.lifecycle import ClockedSink
 from fleet.custody.people import PinHashing
 from fleet.custody.setup import CustodySources, build_custody_book
@@ -43,7 +44,7 @@ from fleet.planning import solve
 from fleet.store import open_store
 from fleet.store.ledger import LedgerStore, open_ledger
 from schedulers.expiry import ExpiryAlert, ExpirySweep
-from schedulers.jobs import build_scheduler, expiry_sweep_job
+from schedulers.jobs import ScheduledJob, build_scheduler, every_minutes, expiry_sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Service:
                 self._custody_ticker = asyncio.create_task(
                     self._tick_custody(self._bus, self._desk, core.clock), name="fleet-custody"
                 )
-                self._scheduler = self._expiry_scheduler(core, self._bus, self._desk)
+                self._scheduler = self._custody_scheduler(core, self._bus, self._desk)
                 self._scheduler.start()
             self._grpc = build_server(self._bus, core, s, custody=runner)
             await self._grpc.start()
@@ -223,11 +224,12 @@ class Service:
         bus.router.watchers.append(runner.on_order)  # after the desk's: it sees the trip done
         return runner
 
-    @staticmethod
-    def _expiry_scheduler(core: FleetCore, bus: AsyncBus, desk: CustodyDesk) -> Any:
-        """The daily expiry sweep of the vault (and once at start): lots 30 and 7 days from
-        expiry, and expired lots (which the book never issues), become alerts for the
-        operations centre (OperationsService.ListAlerts / WatchAlerts)."""
+    def _custody_scheduler(self, core: FleetCore, bus: AsyncBus, desk: CustodyDesk) -> Any:
+        """The custody's recurring work (APScheduler): the daily expiry sweep of the vault (and
+        once at start): lots 30 and 7 days from expiry, and expired lots (which the book never
+        issues), become alerts for the operations centre (OperationsService.ListAlerts /
+        WatchAlerts); with a signing key, a signed checkpoint of the ledger's head every
+        `custody_checkpoint_min` minutes (and at start)."""
         zone = ZoneInfo(core.building.timezone)
 
         async def raise_alerts(alerts: Sequence[ExpiryAlert]) -> None:
@@ -256,7 +258,26 @@ class Service:
             on_alerts=raise_alerts,
             run_on_start=True,
         )
-        return build_scheduler([job], timezone=zone)
+        jobs = [job]
+        key_path = self.settings.custody_signing_key
+        ledger = self._ledger
+        if key_path is not None and ledger is not None:
+            key = load_signing_key(key_path)  # raises naming the file when it is no key
+
+            async def sign_checkpoint() -> None:
+                # The head is read under the append lock: off the loop, like any DB commit.
+                checkpoint = await asyncio.to_thread(ledger.checkpoint, key, core.clock)
+                log.info("custody ledger checkpoint at seq %d", checkpoint.seq)
+
+            jobs.append(
+                ScheduledJob(
+                    id="custody-checkpoint",
+                    func=sign_checkpoint,
+                    trigger=every_minutes(self.settings.custody_checkpoint_min),
+                    run_on_start=True,
+                )
+            )
+        return build_scheduler(jobs, timezone=zone)
 
     @staticmethod
     async def _tick_custody(bus: AsyncBus, desk: CustodyDesk, clock: Clock) -> None:

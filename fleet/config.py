@@ -37,7 +37,9 @@ class Settings:
     and opened for the cases), its ledger in the same database, its catalogue, staff and
     opening vault stock from the `custody_*` files (default: the demo files of
     simulators/data, invented people and lots); `custody_fast_pins` hashes the staff PINs
-    cheaply (demos and tests with the demo staff only, never for real people).
+    cheaply (demos and tests with the demo staff only, never for real people). With
+    `custody_signing_key` the service signs a checkpoint of the ledger's head every
+    `custody_checkpoint_min` minutes (and once at start).
     """
 
     map_path: Path
@@ -58,6 +60,8 @@ class Settings:
     custody_staff: Path = _DEMO_DATA / "staff.yaml"
     custody_stock: Path = _DEMO_DATA / "vault_stock.yaml"
     custody_fast_pins: bool = False
+    custody_signing_key: Path | None = None
+    custody_checkpoint_min: float = 60.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -183,6 +187,11 @@ def _check_path(value: object, label: str) -> None:
         raise ValueError(f"{label}: must be a path, got {value!r}")
 
 
+def _check_optional_path(value: object, label: str) -> None:
+    if value is not None:
+        _check_path(value, label)
+
+
 def _check_level(value: object, label: str) -> None:
     if value not in LOG_LEVELS:
         raise ValueError(f"{label}: must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -277,6 +286,20 @@ _SPECS: dict[str, _Spec] = {
         "FLEET_CUSTODY_FAST_PINS",
         _parse_bool,
         _check_bool,
+    ),
+    "custody_signing_key": _Spec(
+        "custody_signing_key",
+        "--custody-signing-key",
+        "FLEET_CUSTODY_SIGNING_KEY",
+        _parse_path,
+        _check_optional_path,
+    ),
+    "custody_checkpoint_min": _Spec(
+        "custody_checkpoint_min",
+        "--custody-checkpoint-min",
+        "FLEET_CUSTODY_CHECKPOINT_MIN",
+        _parse_float,
+        _check_positive,
     ),
 }
 
@@ -392,4 +415,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="hash the staff PINs cheaply: demos and tests with the demo staff only "
         "(default off); env FLEET_CUSTODY_FAST_PINS=1",
+    )
+    parser.add_argument(
+        s["custody_signing_key"].flag,
+        dest="custody_signing_key",
+        metavar="FILE",
+        help="Ed25519 signing key (PEM, `fleet custody keygen`): with it the service signs a "
+        "checkpoint of the custody ledger's head every --custody-checkpoint-min minutes "
+        "(default: no checkpoints); env FLEET_CUSTODY_SIGNING_KEY",
+    )
+    parser.add_argument(
+        s["custody_checkpoint_min"].flag,
+        dest="custody_checkpoint_min",
+        metavar="MIN",
+        help="minutes between signed ledger checkpoints (default 60); "
+        "env FLEET_CUSTODY_CHECKPOINT_MIN",
     )

@@ -28,6 +28,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from fleet.clock import Clock
 from fleet.custody.stock import VaultStock, local_date
@@ -57,6 +58,13 @@ class ScheduledJob:
 def daily_at(at: time, timezone: tzinfo) -> CronTrigger:
     """A cron trigger firing every day at `at`, local time in `timezone`."""
     return CronTrigger(hour=at.hour, minute=at.minute, second=at.second, timezone=timezone)
+
+
+def every_minutes(minutes: float) -> IntervalTrigger:
+    """A trigger firing every `minutes` (the custody ledger's signed checkpoints)."""
+    if not minutes > 0:
+        raise ValueError(f"every_minutes: must be > 0, got {minutes!r}")
+    return IntervalTrigger(seconds=minutes * 60.0)
 
 
 def parse_time_of_day(text: str) -> time:
