@@ -212,6 +212,8 @@ class FleetCore:
         # will ride in it (hospital-domain.md: the same compartment both ways). No other
         # custody case is loaded into it meanwhile.
         self.custody_holds: dict[str, dict[int, str]] = {}
+        # Custody orders whose compartment the dispatcher opened for an authenticated person.
+        self._opened: set[str] = set()
         self.longest_deadlock_s = 0.0
         self._resolving = False
         self.session_errors: list[str] = []  # lift-session bookkeeping that went wrong
@@ -668,6 +670,8 @@ class FleetCore:
         r.level, r.x, r.y = msg.level or r.level, msg.x, msg.y
         if msg.node:
             r.node = msg.node
+        if msg.compartments:
+            self._check_seals(run, msg.compartments)
         if msg.mode is RobotMode.FAULT and r.mode is not RobotMode.FAULT:
             self._abandon_work(
                 run, "robot reported a fault: " + "; ".join(msg.errors), fail_onboard=True
@@ -878,6 +882,34 @@ class FleetCore:
             )
             self._log(run, f"waiting at {step.station} for custody of {oid}", "SECURE_STOP", step)
 
+    def _check_seals(self, run: _RobotRun, compartments: Sequence[m.CompartmentStatus]) -> None:
+        """A custody order's compartment must stay locked under an intact seal from the
+        pharmacy hatch to the recipient; the robot's own report of anything else (not opened
+        for an authenticated person) is a critical alert for the pharmacy and the operators."""
+        status = {c.number: c for c in compartments}
+        for oid in sorted(run.robot.carrying):
+            order = self.orders.get(oid)
+            if (
+                order is None
+                or not order.custody_case
+                or order.compartment is None
+                or oid in self._opened
+            ):
+                continue
+            seen = status.get(order.compartment + 1)
+            if seen is None or (seen.locked and seen.seal_intact and not seen.open):
+                continue
+            what = "open" if seen.open else ("unlocked" if not seen.locked else "seal broken")
+            self._alert(
+                "COMPARTMENT_SEAL_BROKEN",
+                m.AlertSeverity.CRITICAL,
+                run.robot.id,
+                f"compartment {seen.number} of {run.robot.id} carrying custody case "
+                f"{order.custody_case} ({oid}) reports {what} (seal {seen.seal_id or 'none'}) "
+                "without an authorised opening",
+                (run.robot.id,),
+            )
+
     def _waiting_secure(self, order_id: str, kind: StepKind) -> tuple[_RobotRun, Order]:
         """The robot standing at the secure `kind` step of custody order `order_id`;
         FailedPrecondition naming where the order is otherwise."""
@@ -944,6 +976,7 @@ class FleetCore:
         if not 0 < cmd.open_for_s < math.inf:
             raise InvalidArgument("open_for_s", f"must be > 0 seconds, got {cmd.open_for_s}")
         run, order = self._waiting_secure(cmd.order_id, StepKind.DROPOFF)
+        self._opened.add(order.id)  # its seal may now break: the recipient opens it
         self._compartment_action(
             run,
             order,
@@ -2217,6 +2250,7 @@ class FleetCore:
         for oid in old:
             del self.orders[oid]
             self._earliest.pop(oid, None)
+            self._opened.discard(oid)
         self.lift_sessions.forget_finished()  # the same for finished lift sessions
 
     def _go_offline(self, run: _RobotRun, why: str) -> None:

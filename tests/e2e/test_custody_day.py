@@ -12,14 +12,17 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+import simulators.fast
 from fleet.building.loader import load_building
 from fleet.building.model import Building
 from fleet.custody.ledger import EventType
-from fleet.custody.lifecycle import CaseState
-from fleet.domain.order import OrderState
+from fleet.custody.lifecycle import CaseState, Leg
+from fleet.dispatch import messages as m
+from fleet.domain.order import Order, OrderState
 from simulators.custody_day import CustodyDay, CustodyDayConfig
 from simulators.fast import SimulationResult, run_simulation
 
@@ -70,6 +73,8 @@ def every_unit_accounted_for(result: SimulationResult) -> CustodyDay:
     for row in custody.book.stock.snapshot():
         assert row.received == 500
         assert row.on_hand == 500 - used[row.lot.lot], row.lot.lot
+    # No seal broke but for an authorised opening.
+    assert not [a for a in result.core.alerts if a.code == "COMPARTMENT_SEAL_BROKEN"]
     # Nobody on the fleet side was hurt or blocked for good.
     assert result.report["conflicts"] == 0
     assert result.report["safety_violations"] == 0
@@ -157,3 +162,36 @@ def test_a_seed_replays_the_same_ledger(hospital: Building) -> None:
     a = replayable(first.custody)
     assert a and a == replayable(again.custody)
     assert first.report["custody"] == again.report["custody"]
+
+
+def test_a_seal_broken_in_transit_is_a_critical_alert(
+    hospital: Building, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone forces the compartment of a robot carrying a case between the hatch and the OR:
+    # the robot reports the broken seal and the dispatcher raises a critical alert naming the
+    # robot, the case and the compartment. Opening it for the recipient later raises none.
+    class Tampering(CustodyDay):
+        tampered: ClassVar[list[str]] = []
+
+        def _on_order(self, order: Order) -> None:
+            super()._on_order(order)
+            trip = self.desk.trips.get(order.id)
+            if (
+                order.state is OrderState.PICKED_UP
+                and trip is not None
+                and trip.leg is Leg.OUTBOUND
+                and not self.tampered
+            ):
+                robot, number = order.robot_id or "", (order.compartment or 0) + 1
+                self.tampered.append(f"{robot}/{number}/{trip.case_id}")
+                self.loop.call_later(30.0, lambda: self.twin.robots[robot].tamper(number))
+
+    monkeypatch.setattr(simulators.fast, "CustodyDay", Tampering)
+    result = day(hospital, 3, 2.0, absent_share=0.0, fault_share=0.0)
+    assert Tampering.tampered, "no case left the pharmacy"
+    robot, number, case_id = Tampering.tampered[0].split("/")
+    broken = [a for a in result.core.alerts if a.code == "COMPARTMENT_SEAL_BROKEN"]
+    assert len(broken) == 1, broken
+    alert = broken[0]
+    assert alert.severity is m.AlertSeverity.CRITICAL and alert.robots == (robot,)
+    assert f"compartment {number} of {robot}" in alert.message and case_id in alert.message
