@@ -702,6 +702,74 @@ class CustodyBook:
         self._discrepancy_case: dict[str, str] = {}
         self._next = 0
 
+    # ---- saved state (fleet.custody.state) ----------------------------------------------------
+
+    def export_state(self, *, omit: Collection[str] = ()) -> dict[str, Any]:
+        """Everything the book needs to go on after a restart, as JSON-able data: every case
+        (request order), the discrepancy index, the case counter and the vault stock (see
+        `fleet.custody.state` for the shape). Cases named in `omit` are left out of `cases`
+        (a caller that saved a closed case once need not export it again). Changes nothing.
+        """
+        from fleet.custody.state import FORMAT, encode_case
+
+        skip = frozenset(omit)
+        return {
+            "format": FORMAT,
+            "next_case": self._next,
+            "cases": [encode_case(c) for cid, c in self._cases.items() if cid not in skip],
+            "discrepancy_case": dict(self._discrepancy_case),
+            "stock": self.stock.export_state(),
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        state: Mapping[str, Any],
+        catalogue: Catalogue,
+        directory: StaffDirectory,
+        ledger: LedgerSink,
+        *,
+        settings: LifecycleSettings | None = None,
+        step_auth: StepAuth | None = None,
+    ) -> CustodyBook:
+        """A book equal to the one `state` was exported from (`export_state`, all cases), on
+        `catalogue`, `directory` and `ledger` (which come from their own sources). Raises
+        `fleet.custody.state.CustodyStateError` naming the case (and drug, or discrepancy) for
+        a case whose drug is not in `catalogue`, an index that does not match the cases, or a
+        malformed state."""
+        from fleet.custody.state import CustodyStateError, check_state, decode_case
+
+        d = check_state(state)
+        stock = VaultStock.restore(catalogue, d["stock"])
+        book = cls(catalogue, stock, directory, ledger, settings=settings, step_auth=step_auth)
+        if type(d["next_case"]) is not int or d["next_case"] < 0:
+            raise CustodyStateError(f"custody state: next_case {d['next_case']!r} is not a count")
+        book._next = d["next_case"]
+        if not isinstance(d["cases"], list):
+            raise CustodyStateError("custody state: cases must be a list")
+        for i, item in enumerate(d["cases"]):
+            case = decode_case(item, f"custody state cases[{i}]")
+            if case.id in book._cases:
+                raise CustodyStateError(f"custody state: case {case.id} is given twice")
+            drug = catalogue.find(case.drug_code)
+            if drug is None:
+                raise CustodyStateError(
+                    f"custody state: case {case.id} names drug {case.drug_code}, which is not "
+                    "in the catalogue"
+                )
+            book._cases[case.id] = case
+        index = d["discrepancy_case"]
+        if not isinstance(index, Mapping):
+            raise CustodyStateError("custody state: discrepancy_case must be an object")
+        derived = {did: c.id for c in book._cases.values() for did in c.discrepancies}
+        if dict(index) != derived:
+            wrong = sorted(set(index.items()) ^ set(derived.items()))
+            raise CustodyStateError(
+                f"custody state: the discrepancy index does not match the cases: {wrong[:5]}"
+            )
+        book._discrepancy_case = dict(index)
+        return book
+
     # ---- reading ------------------------------------------------------------------------------
 
     def case(self, case_id: str) -> CustodyCase:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
+from typing import Any
 
 from fleet.clock import Clock
 from fleet.custody.catalogue import Catalogue
@@ -308,6 +310,79 @@ class VaultStock:
     def snapshot(self) -> tuple[LotStock, ...]:
         """Every lot ever received, empty ones included, by drug code and then FEFO."""
         return tuple(b.view() for code in sorted(self._by_drug) for b in self._by_drug[code])
+
+    # ---- saved state (fleet.custody.state) ------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Every lot ever received with its balance, in receipt order, as JSON-able data:
+        `VaultStock.restore(catalogue, state)` builds an equal stock (same balances, same FEFO
+        order and tie-breaks) from it."""
+        return {
+            "lots": [
+                {
+                    "drug_code": b.lot.drug_code,
+                    "lot": b.lot.lot,
+                    "expiry": b.lot.expiry.isoformat(),
+                    "manufacturer": b.lot.manufacturer,
+                    "order": b.order,
+                    "received": b.received,
+                    "picked": b.picked,
+                    "returned": b.returned,
+                }
+                for b in sorted(self._lots.values(), key=lambda b: b.order)
+            ]
+        }
+
+    @classmethod
+    def restore(cls, catalogue: Catalogue, state: Mapping[str, Any]) -> VaultStock:
+        """A stock from `export_state`'s data. Raises `fleet.custody.state.CustodyStateError`
+        naming the lot for a drug missing from `catalogue` or a balance that cannot be."""
+        from fleet.custody.state import CustodyStateError
+
+        stock = cls(catalogue)
+        if not isinstance(state, Mapping) or set(state) != {"lots"}:
+            raise CustodyStateError("custody state stock: expected an object with lots only")
+        items = state["lots"]
+        if not isinstance(items, list):
+            raise CustodyStateError("custody state stock.lots: expected a list")
+        seen_orders: set[int] = set()
+        names = ("drug_code", "lot", "expiry", "manufacturer", "order", "received", "picked",
+                 "returned")  # fmt: skip
+        for i, item in enumerate(items):
+            where = f"custody state stock.lots[{i}]"
+            if not isinstance(item, Mapping) or set(item) != set(names):
+                raise CustodyStateError(f"{where}: expected an object with {', '.join(names)}")
+            where = f"custody state stock lot {item['lot']!r} of {item['drug_code']!r}"
+            counts = [item[n] for n in ("order", "received", "picked", "returned")]
+            if any(type(n) is not int or n < 0 for n in counts):
+                raise CustodyStateError(f"{where}: order and counts must be whole numbers >= 0")
+            order, received, picked, returned = counts
+            if returned > picked or picked - returned > received:
+                raise CustodyStateError(
+                    f"{where}: received {received}, picked {picked}, returned {returned} "
+                    "is not a balance"
+                )
+            if catalogue.find(item["drug_code"]) is None:
+                raise CustodyStateError(f"{where}: the drug is not in the catalogue")
+            try:
+                lot = Lot(
+                    item["drug_code"],
+                    item["lot"],
+                    date.fromisoformat(item["expiry"]),
+                    item["manufacturer"],
+                )
+            except (InvalidArgument, TypeError, ValueError) as exc:
+                raise CustodyStateError(f"{where}: {exc}") from None
+            key = (lot.drug_code, lot.lot)
+            if key in stock._lots or order in seen_orders:
+                raise CustodyStateError(f"{where}: given twice (or its order {order} is)")
+            seen_orders.add(order)
+            balance = _Balance(lot, order, received, picked, returned)
+            stock._lots[key] = balance
+            stock._by_drug.setdefault(lot.drug_code, []).append(balance)
+        for lots in stock._by_drug.values():
+            lots.sort(key=_fefo)
+        return stock
 
     # ---- helpers ---------------------------------------------------------------------------
 
