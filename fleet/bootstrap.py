@@ -8,7 +8,10 @@ With `settings.custody`, the controlled-drug custody book is built from the cata
 stock files with its ledger in the same database, behind a `CustodyDesk` that hands commands to
 the core (`core.handle`, on the bus task) and takes the fleet's reports (robots waiting at secure
 stations, order changes); CustodyService is served over a `DeskCustodyRunner`, and a timer
-lets the desk act on recipients who do not come.
+lets the desk act on recipients who do not come. The book's working state (cases, vault stock,
+counters) is saved in the same database after every step (`fleet.store.custody_state`) and
+restored at start instead of the opening stock file; the desk's trips are rebuilt from the
+fleet's orders.
 """
 
 from __future__ import annotations
@@ -24,17 +27,19 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fleet.api.custody_runner import DeskCustodyRunner
+from fleet.api.custody_runner import CustodyStateKeeper, DeskCustodyRunner
 from fleet.api.server import GrpcServer, build_server
 from fleet.building.graph import BuildingGraph
 from fleet.building.loader import load_building
 from fleet.clock import Clock, ScaledClock, SystemClock
 from fleet.config import METRICS_OFF, Settings
+from fleet.custody.catalogue import load_catalogue
 from fleet.custody.desk import CustodyDesk
 from fleet.custody.keys import load_signing_key
-from fleet.custody.lifecycle import ClockedSink
-from fleet.custody.people import PinHashing
+from fleet.custody.lifecycle import TERMINAL_STATES, ClockedSink, CustodyBook
+from fleet.custody.people import PinHashing, StaffDirectory, load_staff
 from fleet.custody.setup import CustodySources, build_custody_book
+from fleet.custody.state import join_state
 from fleet.dispatch import messages as m
 from fleet.dispatch.bus import AsyncBus, DispatcherStopped
 from fleet.dispatch.core import CoreConfig, FleetCore
@@ -42,6 +47,7 @@ from fleet.dispatch.ports import FleetStore
 from fleet.metrics import FleetMetrics, MetricsEndpoint, run_refresher, serve_metrics
 from fleet.planning import solve
 from fleet.store import open_store
+from fleet.store.custody_state import CustodyStateStore
 from fleet.store.ledger import LedgerStore, open_ledger
 from schedulers.expiry import ExpiryAlert, ExpirySweep
 from schedulers.jobs import ScheduledJob, build_scheduler, every_minutes, expiry_sweep_job
@@ -90,6 +96,8 @@ class Service:
         self._refresher: asyncio.Task[None] | None = None
         self._ledger: LedgerStore | None = None
         self._desk: CustodyDesk | None = None
+        self._custody_runner: DeskCustodyRunner | None = None
+        self._custody_alerts: list[m.RaiseAlert] = []
         self._custody_ticker: asyncio.Task[None] | None = None
         self._scheduler: Any = None  # APScheduler's AsyncIOScheduler (untyped library)
         self.metrics = FleetMetrics()
@@ -152,9 +160,11 @@ class Service:
             self._bus.router.watchers.append(self.metrics.on_order_changed)
             runner = await self._build_custody(core, self._bus) if s.custody else None
             self._bus.start()
-            if self._desk is not None:
+            for alert in self._custody_alerts:
+                await self._bus.submit(alert)
+            if self._desk is not None and runner is not None:
                 self._custody_ticker = asyncio.create_task(
-                    self._tick_custody(self._bus, self._desk, core.clock), name="fleet-custody"
+                    self._tick_custody(runner), name="fleet-custody"
                 )
                 self._scheduler = self._custody_scheduler(core, self._bus, self._desk)
                 self._scheduler.start()
@@ -199,30 +209,133 @@ class Service:
 
     async def _build_custody(self, core: FleetCore, bus: AsyncBus) -> DeskCustodyRunner:
         """The custody book (ledger in the service's database), its desk wired to the core and
-        the bus, and the runner CustodyService uses. Raises CatalogueError, StaffFileError,
-        StockFileError or LedgerError naming what is wrong."""
+        the bus, and the runner CustodyService uses. The book is restored from its saved state
+        when the database has one (`fleet.store.custody_state`; the catalogue and staff still
+        come from their files, the vault from the state, not the opening stock file), and the
+        desk's trips are rebuilt from the fleet's orders. Raises CatalogueError,
+        StaffFileError, StockFileError, LedgerError or CustodyStateError naming what is
+        wrong."""
         s = self.settings
         sources = CustodySources(s.custody_catalogue, s.custody_staff, s.custody_stock)
         hashing = FAST_PIN_HASHING if s.custody_fast_pins else None
 
-        def build() -> tuple[LedgerStore, CustodyDesk]:
+        def build() -> tuple[LedgerStore, CustodyDesk, CustodyStateKeeper]:
             ledger = open_ledger(s.database_url)
             try:
-                book = build_custody_book(sources, ClockedSink(ledger, core.clock), hashing=hashing)
+                desk, keeper = self._open_custody(core, ledger, sources, hashing)
             except BaseException:
                 ledger.close()
                 raise
-            return ledger, CustodyDesk(book, core.handle)
+            return ledger, desk, keeper
 
-        # Off the loop: hashing every staff PIN takes a while with the production cost.
-        ledger, desk = await asyncio.to_thread(build)
+        # Off the loop: hashing every staff PIN takes a while with the production cost. The
+        # bus does not run yet: the core is read here on this thread alone.
+        ledger, desk, keeper = await asyncio.to_thread(build)
         self._ledger, self._desk = ledger, desk
         # The fleet's reports reach the desk on the bus task, where its steps run too.
         bus.router.custody_watchers.append(desk.on_secure_stop)
         bus.router.watchers.append(desk.on_order)
-        runner = DeskCustodyRunner(bus, desk, core.clock, ledger)
+        runner = DeskCustodyRunner(bus, desk, core.clock, ledger, keeper)
+        runner.rebuild()
         bus.router.watchers.append(runner.on_order)  # after the desk's: it sees the trip done
+        self._custody_runner = runner
         return runner
+
+    def _open_custody(
+        self,
+        core: FleetCore,
+        ledger: LedgerStore,
+        sources: CustodySources,
+        hashing: PinHashing | None,
+    ) -> tuple[CustodyDesk, CustodyStateKeeper]:
+        """The book (restored, or new from the files), its desk with the trips rebuilt, and
+        the keeper of its state; the state is saved once before anything runs. Alerts for a
+        saved state that does not match the ledger go to `_custody_alerts` (raised once the
+        bus runs). Runs on a worker thread before the bus starts."""
+        states = CustodyStateStore(ledger.engine)
+        saved = states.load()
+        head = ledger.head().seq
+        sink = ClockedSink(ledger, core.clock)
+        if saved is None:
+            book = build_custody_book(sources, sink, hashing=hashing)
+            keeper = CustodyStateKeeper(states, ledger_seq=head)
+            if head:
+                message = (
+                    f"no saved custody state in this database, but its ledger holds {head} "
+                    f"records: the book starts from the opening stock file {sources.stock}, "
+                    f"without the cases of ledger records 1..{head}; check them against the "
+                    "ledger"
+                )
+                log.warning(message)
+                self._custody_alerts.append(
+                    m.RaiseAlert(
+                        "CUSTODY_STATE_MISSING", m.AlertSeverity.WARNING, "custody", message
+                    )
+                )
+        else:
+            catalogue = load_catalogue(sources.catalogue)
+            directory = StaffDirectory() if hashing is None else StaffDirectory(hashing=hashing)
+            load_staff(sources.staff, directory)
+            meta = saved["meta"]
+            book = CustodyBook.restore(join_state(meta, saved["rows"]), catalogue, directory, sink)
+            saved_seq = int(meta.get("ledger_seq", 0))
+            keeper = CustodyStateKeeper(states, ledger_seq=saved_seq, saved=saved)
+            self._check_state_against_ledger(book, ledger, saved_seq, head)
+            log.info(
+                "custody book restored: %d cases (%d open), ledger at record %d",
+                len(book.cases()),
+                sum(c.state not in TERMINAL_STATES for c in book.cases()),
+                head,
+            )
+        desk = CustodyDesk(book, core.handle)
+        open_cases = [c.id for c in book.cases() if c.state not in TERMINAL_STATES]
+        orders = []
+        for order_id in states.custody_orders(open_cases) if open_cases else []:
+            order = core.orders.get(order_id) or core.store.get_order(order_id)
+            if order is not None:
+                orders.append(order)
+        moved = desk.rebuild_trips(orders)
+        if moved:
+            log.warning(
+                "custody cases moved on by what their robots did before the restart: %s",
+                ", ".join(moved),
+            )
+        delta = keeper.capture(book)
+        if delta is not None:
+            states.save(*delta, core.clock.now())
+        return desk, keeper
+
+    def _check_state_against_ledger(
+        self, book: CustodyBook, ledger: LedgerStore, saved_seq: int, head: int
+    ) -> None:
+        """A saved state must reflect the ledger up to its head. Records after the state (a
+        crash between a step's ledger commit and its save) are named in a CRITICAL alert, not
+        repaired: the pharmacy checks those cases against the ledger."""
+        if head == saved_seq:
+            return
+        if head < saved_seq:
+            message = (
+                f"the saved custody state reflects ledger records up to {saved_seq}, but the "
+                f"ledger ends at record {head}: records are missing from the ledger; run "
+                "`fleet custody verify` and check the state against it"
+            )
+            code = "CUSTODY_LEDGER_BEHIND_STATE"
+        else:
+            by_order = {c.ledger_order_id: c.id for c in book.cases()}
+            events = list(ledger.iter_events(saved_seq + 1))
+            cases = sorted({by_order.get(e.order_id, e.order_id) for e in events})
+            kinds = ", ".join(f"{e.seq} {e.event_type} {e.drug_code}/{e.lot}" for e in events[:20])
+            more = f" and {len(events) - 20} more" if len(events) > 20 else ""
+            message = (
+                f"ledger records {saved_seq + 1}..{head} are not reflected in the saved custody "
+                f"state (saved at record {saved_seq}); check case(s) {', '.join(cases)} "
+                f"against the ledger: {kinds}{more}"
+            )
+            code = "CUSTODY_STATE_BEHIND_LEDGER"
+        log.error(message)
+        self._custody_alerts.append(
+            m.RaiseAlert(code, m.AlertSeverity.CRITICAL, "custody", message)
+        )
 
     def _custody_scheduler(self, core: FleetCore, bus: AsyncBus, desk: CustodyDesk) -> Any:
         """The custody's recurring work (APScheduler): the daily expiry sweep of the vault (and
@@ -280,13 +393,13 @@ class Service:
         return build_scheduler(jobs, timezone=zone)
 
     @staticmethod
-    async def _tick_custody(bus: AsyncBus, desk: CustodyDesk, clock: Clock) -> None:
+    async def _tick_custody(runner: DeskCustodyRunner) -> None:
         """Every few seconds: the desk pages alternates and sends robots back for recipients
-        who did not come."""
+        who did not come; the book's state is saved with it (what robots moved meanwhile)."""
         while True:
             await asyncio.sleep(CUSTODY_TICK_S)
             try:
-                await bus.call(lambda: desk.tick(clock.now()))
+                await runner.tick()
             except DispatcherStopped:
                 return
             except Exception:
@@ -310,6 +423,13 @@ class Service:
             self._custody_ticker = None
         if self._bus is not None:
             await self._bus.stop()
+        if self._custody_runner is not None:
+            runner, self._custody_runner = self._custody_runner, None
+            try:  # what the desk did on fleet reports since the last step or tick
+                await runner.save()
+            finally:
+                if runner.keeper is not None:
+                    await asyncio.to_thread(runner.keeper.close)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

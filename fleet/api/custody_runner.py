@@ -18,20 +18,31 @@ The price: a step's PIN hashing and ledger commit run on the event loop that dri
 (milliseconds with the demo hashing; tens of milliseconds per person with the production
 scrypt). History is read from the ledger database on another thread, as in
 `LockedCustodyRunner`.
+
+The book's working state is kept in the database (`CustodyStateKeeper`, table
+`custody_state`): after every step the runner runs (and every desk tick), the state is captured
+on the bus task, inside the same `bus.call`, and written by a single writer thread in the order
+it was captured; the step's caller gets its answer once the write is done. Only cases whose JSON
+changed since the last save are written (a hash per case), with the stock and the meta row.
+What the desk does on its own on fleet reports (depart, arrive, robot fault: steps without
+ledger events) is saved with the next step or tick, at most `CUSTODY_TICK_S` later, and at stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import logging
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from fleet.api.custody_servicer import LedgerReader
 from fleet.clock import Clock
 from fleet.custody.desk import CustodyDesk
 from fleet.custody.ledger import CustodyEvent
-from fleet.custody.lifecycle import CustodyBook, Leg
+from fleet.custody.lifecycle import TERMINAL_STATES, CaseState, CustodyBook, Leg
+from fleet.custody.state import STOCK_KEY, case_key, dumps
 from fleet.dispatch.bus import AsyncBus, DispatcherStopped
 from fleet.domain.errors import DomainError
 from fleet.domain.order import Order, OrderState
@@ -39,18 +50,147 @@ from fleet.domain.order import Order, OrderState
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+
+
+class StateStore(Protocol):
+    """Where the state goes (`fleet.store.custody_state.CustodyStateStore`)."""
+
+    def save(
+        self, changed: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], at: float = 0.0
+    ) -> None: ...
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class CustodyStateKeeper:
+    """Saves the custody book's working state (`CustodyBook.export_state`) to a store, only
+    what changed since the last save, in the order it was captured.
+
+    `capture_and_save(book, now)` runs on the bus task (the book's single writer): it exports
+    the state, compares each case's JSON with the hash of what was last saved, and hands the
+    changed rows, the stock (if changed) and the meta row to one writer thread. The meta row
+    carries `ledger_seq`, the last ledger record the state reflects (the highest seq of the
+    book's events, never less than `ledger_seq` given at start: the head when the state was
+    first saved or restored). A case in a terminal state that was saved once is not exported
+    again. After a failed write everything is written again with the next save.
+
+    `saved`: what is already in the store at start (`{"meta": ..., "rows": ...}` from
+    `CustodyStateStore.load`, after a restore), so that an unchanged book writes nothing.
+    """
+
+    def __init__(
+        self, store: StateStore, *, ledger_seq: int, saved: Mapping[str, Any] | None = None
+    ) -> None:
+        self.store = store
+        self.ledger_seq = ledger_seq
+        self._hashes: dict[str, str] = {}
+        self._positions: dict[str, int] = {}
+        self._frozen: set[str] = set()
+        self._meta = ""
+        self._failed = False
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="custody-state"
+        )
+        if saved is not None:
+            self._meta = dumps(saved["meta"])
+            for key, body in saved["rows"].items():
+                if key == STOCK_KEY:
+                    self._hashes[key] = _digest(dumps(body))
+                    continue
+                case = body["case"]
+                self._positions[case["id"]] = body["pos"]
+                self._hashes[key] = _digest(dumps(case))
+                if case["state"] in _TERMINAL:
+                    self._frozen.add(case["id"])
+
+    def capture(self, book: CustodyBook) -> tuple[dict[str, dict[str, Any]], dict[str, Any]] | None:
+        """What changed since the last capture (rows and meta), or None for nothing. Call it on
+        the bus task."""
+        if self._failed:
+            self._failed = False
+            self._hashes.clear()
+            self._frozen.clear()
+            self._meta = ""
+        state = book.export_state(omit=self._frozen)
+        changed: dict[str, dict[str, Any]] = {}
+        seq = self.ledger_seq
+        for case in state["cases"]:
+            cid = case["id"]
+            pos = self._positions.setdefault(cid, len(self._positions))
+            key = case_key(cid)
+            digest = _digest(dumps(case))
+            if self._hashes.get(key) != digest:
+                self._hashes[key] = digest
+                changed[key] = {"pos": pos, "case": case}
+            if case["event_seqs"]:
+                seq = max(seq, max(case["event_seqs"]))
+            if case["state"] in _TERMINAL:
+                self._frozen.add(cid)
+        digest = _digest(dumps(state["stock"]))
+        if self._hashes.get(STOCK_KEY) != digest:
+            self._hashes[STOCK_KEY] = digest
+            changed[STOCK_KEY] = state["stock"]
+        self.ledger_seq = seq
+        meta = {
+            "format": state["format"],
+            "next_case": state["next_case"],
+            "discrepancy_case": state["discrepancy_case"],
+            "ledger_seq": seq,
+        }
+        text = dumps(meta)
+        if not changed and text == self._meta:
+            return None
+        self._meta = text
+        return changed, meta
+
+    def capture_and_save(
+        self, book: CustodyBook, now: float
+    ) -> concurrent.futures.Future[None] | None:
+        """Capture (on the bus task) and queue the write; the future is done once it is
+        written (it never raises: a failed write is logged and redone with the next save)."""
+        delta = self.capture(book)
+        if delta is None:
+            return None
+        changed, meta = delta
+        return self._writer.submit(self._write, changed, meta, now)
+
+    def _write(self, changed: dict[str, dict[str, Any]], meta: dict[str, Any], now: float) -> None:
+        try:
+            self.store.save(changed, meta, now)
+        except Exception:
+            self._failed = True  # the next capture writes everything again
+            log.exception(
+                "could not save the custody state (%d rows, ledger seq %s): it is written "
+                "again with the next step",
+                len(changed),
+                meta.get("ledger_seq"),
+            )
+
+    def close(self) -> None:
+        """Wait for the queued writes, then stop the writer thread."""
+        self._writer.shutdown(wait=True)
+
 
 class DeskCustodyRunner:
     """A `CustodyRunner` whose steps run on the bus task, with the desk that ties cases to
     robot trips (see the module docstring)."""
 
     def __init__(
-        self, bus: AsyncBus, desk: CustodyDesk, clock: Clock, ledger: LedgerReader
+        self,
+        bus: AsyncBus,
+        desk: CustodyDesk,
+        clock: Clock,
+        ledger: LedgerReader,
+        keeper: CustodyStateKeeper | None = None,
     ) -> None:
         self.bus = bus
         self.desk = desk
         self.clock = clock
         self.ledger = ledger
+        self.keeper = keeper
         # Cases reconciled while their outbound order was not yet delivered.
         self.returns_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,8 +201,51 @@ class DeskCustodyRunner:
         return frozenset(self.bus.core.building.stations)
 
     async def run(self, step: Callable[[CustodyBook, float], T]) -> T:
-        """See `CustodyRunner.run`: on the bus task, `now` read when the step starts."""
-        return await self.bus.call(lambda: step(self.desk.book, self.clock.now()))
+        """See `CustodyRunner.run`: on the bus task, `now` read when the step starts. With a
+        state keeper, the book's state is captured right after the step (also after a refused
+        one: a step through the desk may have changed the book before it failed) and the call
+        returns once it is written."""
+        saving: list[concurrent.futures.Future[None] | None] = []
+
+        def call() -> T:
+            now = self.clock.now()
+            try:
+                return step(self.desk.book, now)
+            finally:
+                if self.keeper is not None:
+                    saving.append(self.keeper.capture_and_save(self.desk.book, now))
+
+        try:
+            return await self.bus.call(call)
+        finally:
+            pending = saving[0] if saving else None
+            if pending is not None:
+                await asyncio.wrap_future(pending)
+
+    async def tick(self) -> list[str]:
+        """The desk's timer (`CustodyDesk.tick`) as a step: what it moved, and what the fleet's
+        reports moved since the last step, is saved."""
+        return await self.run(lambda book, now: self.desk.tick(now))
+
+    async def save(self) -> None:
+        """Capture and write the state now (at stop: the bus no longer runs, so this runs on
+        the loop, where nothing else touches the book)."""
+        if self.keeper is None:
+            return
+        pending = self.keeper.capture_and_save(self.desk.book, self.clock.now())
+        if pending is not None:
+            await asyncio.wrap_future(pending)
+
+    def rebuild(self) -> None:
+        """After the desk's trips were rebuilt (`CustodyDesk.rebuild_trips`, before the bus
+        starts): reconciled cases whose outbound order is still under way wait for it to be
+        delivered (`returns_due`), as `place_return` would have left them."""
+        for case in self.desk.book.cases():
+            if case.state is not CaseState.RECONCILIATION_SUBMITTED:
+                continue
+            trip = self.desk.trip_of(case.id)
+            if trip is not None and trip.leg is Leg.OUTBOUND and not trip.done:
+                self.returns_due.add(case.id)
 
     def place_return(self, case_id: str, now: float) -> bool:
         """After a reconciliation (call it on the bus task, inside `run`): place the return leg
@@ -73,6 +256,9 @@ class DeskCustodyRunner:
         if trip is None or trip.leg is not Leg.OUTBOUND:
             return False
         order = self.bus.core.orders.get(trip.order_id)
+        if order is None and trip.done:
+            # Delivered before a restart: the core keeps open orders only; ask the store.
+            order = self.bus.core.store.get_order(trip.order_id)
         if order is not None and order.state is OrderState.DELIVERED:
             try:
                 self.desk.send_return(case_id, now=now)
@@ -101,7 +287,7 @@ class DeskCustodyRunner:
     async def _send_return(self, case_id: str) -> None:
         # A bus call of its own (not inside the watcher): what the core emits is routed at once.
         try:
-            await self.bus.call(lambda: self.desk.send_return(case_id, now=self.clock.now()))
+            await self.run(lambda book, now: self.desk.send_return(case_id, now=now))
         except DispatcherStopped:
             pass
         except Exception:
@@ -122,4 +308,4 @@ class DeskCustodyRunner:
         return await asyncio.to_thread(read)
 
 
-__all__ = ["DeskCustodyRunner"]
+__all__ = ["CustodyStateKeeper", "DeskCustodyRunner", "StateStore"]

@@ -26,14 +26,14 @@ the core's own task). Single writer: one call at a time, like the core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleet.custody.lifecycle import CaseState, CustodyBook, Leg, OpenGrant, StepResult
 from fleet.custody.people import Authentication
 from fleet.dispatch import messages as m
 from fleet.domain.cargo import CargoClass
-from fleet.domain.errors import FailedPrecondition
+from fleet.domain.errors import FailedPrecondition, NotFound
 from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 
@@ -51,6 +51,11 @@ _ON_BOARD = frozenset(
         CaseState.RETURNING_TO_PHARMACY,
         CaseState.RETURN_IN_TRANSIT,
     }
+)
+
+# Order states whose watcher message the desk acts on (`on_order`): replayed after a restart.
+_REPLAYED = frozenset(
+    {OrderState.PICKED_UP, OrderState.DELIVERED, OrderState.FAILED, OrderState.CANCELLED}
 )
 
 
@@ -347,6 +352,41 @@ class CustodyDesk:
                 self.log.append(DeskLog(now, case_id, "recipient absent: back to pharmacy"))
             else:
                 self.log.append(DeskLog(now, case_id, "recipient absent: alternate paged"))
+        return moved
+
+    # ---- after a restart ----------------------------------------------------------------
+
+    def rebuild_trips(self, orders: Iterable[Order]) -> list[str]:
+        """After a restart, the trips of the book's cases from the fleet orders that carry them
+        (`Order.custody_case`; a return leg has `return_of`), oldest first: the fleet's store
+        is the record of which robot order carried which case, so the desk keeps no state of
+        its own. Robots waiting at a secure station (`Trip.waiting`) are not known until the
+        core reports them again (SecureStop) when it sends them their next secure step.
+
+        The newest order of each case is then handed to `on_order`, as if it had just
+        changed: what the fleet did while the book's state was not saved (a trip that left,
+        failed with the drugs on board, or ended before loading) moves the case as it would
+        have then. Returns the cases so moved, for the log."""
+        newest: dict[str, Order] = {}
+        for order in orders:
+            if not order.custody_case or order.id in self.trips:
+                continue
+            try:
+                self.book.case(order.custody_case)
+            except NotFound:
+                continue
+            leg = Leg.RETURN if order.return_of else Leg.OUTBOUND
+            self._track(Trip(order.custody_case, order.id, leg, done=order.state.terminal))
+            newest[order.custody_case] = order
+        moved = []
+        for case_id, order in newest.items():
+            if self.current.get(case_id) != order.id or order.state not in _REPLAYED:
+                continue
+            before = self.book.case(case_id).state
+            self.trips[order.id].done = False
+            self.on_order(order)
+            if self.book.case(case_id).state is not before or case_id in self.resend:
+                moved.append(case_id)
         return moved
 
     # ---- helpers -----------------------------------------------------------------------
