@@ -246,3 +246,124 @@ def test_the_stock_keeps_fefo_order_and_tie_breaks() -> None:
     assert stock.lots(FENTANYL.code) == w.stock.lots(FENTANYL.code)
     # A new lot received after a restore goes after the restored ones (receipt order).
     assert [b.order for b in stock._lots.values()] == [0, 1, 2, 3]
+
+
+# -- the keeper: only what changed, in order; and the desk's trips after a restart -------------
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.saves: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.fail = False
+
+    def save(self, changed: Any, meta: Any, at: float = 0.0) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        self.saves.append((json.loads(dumps(changed)), json.loads(dumps(meta))))
+
+
+def test_the_keeper_writes_only_what_changed() -> None:
+    from fleet.api.custody_runner import CustodyStateKeeper
+
+    w = World()
+    store = FakeStore()
+    keeper = CustodyStateKeeper(store, ledger_seq=0)
+    try:
+        a = w.request()
+        b = w.request(patient_ref="P-0043")
+        pending = keeper.capture_and_save(w.book, w.now)
+        assert pending is not None
+        pending.result()
+        (changed, meta), *_ = store.saves
+        assert set(changed) == {f"case:{a}", f"case:{b}", "stock"}
+        assert meta == {"format": 1, "next_case": 2, "discrepancy_case": {}, "ledger_seq": 0}
+        assert keeper.capture_and_save(w.book, w.now) is None  # nothing changed
+        w.approve(a)
+        w.pick(a)
+        keeper.capture_and_save(w.book, w.now).result()  # type: ignore[union-attr]
+        changed, meta = store.saves[-1]
+        assert set(changed) == {f"case:{a}", "stock"}
+        assert changed[f"case:{a}"]["pos"] == 0
+        assert meta["ledger_seq"] == len(w.ledger) == 1
+        w.book.cancel(b, w.auth("an1"), "postponed", now=w.tick())
+        keeper.capture_and_save(w.book, w.now).result()  # type: ignore[union-attr]
+        assert set(store.saves[-1][0]) == {f"case:{b}"}
+        # A failed write is logged, and the next save writes everything again.
+        store.fail = True
+        w.verify(a)
+        keeper.capture_and_save(w.book, w.now).result()  # type: ignore[union-attr]
+        store.fail = False
+        keeper.capture_and_save(w.book, w.now).result()  # type: ignore[union-attr]
+        assert set(store.saves[-1][0]) == {f"case:{a}", f"case:{b}", "stock"}
+        # What the rows add up to is the book.
+        rows: dict[str, Any] = {}
+        for changed, _ in store.saves:
+            rows.update(changed)
+        meta = store.saves[-1][1]
+        state = join_state(meta, rows)
+        restored = CustodyBook.restore(state, w.catalogue, w.directory, w.ledger)
+        assert restored.cases() == w.book.cases()
+        # A keeper started on saved rows writes nothing for an unchanged book.
+        again = CustodyStateKeeper(store, ledger_seq=1, saved={"meta": meta, "rows": rows})
+        assert again.capture(restored) is None
+        again.close()
+    finally:
+        keeper.close()
+
+
+def test_the_desk_rebuilds_its_trips_from_the_fleets_orders() -> None:
+    from fleet.custody.desk import CustodyDesk
+    from fleet.dispatch import messages as m
+    from fleet.domain.cargo import CargoClass
+    from fleet.domain.order import Order, OrderState
+    from fleet.domain.priority import Priority
+
+    w = World()
+    sent: list[m.Inbound] = []
+    ids = itertools.count(1)
+
+    def submit(msg: m.Inbound) -> Order | None:
+        sent.append(msg)
+        if isinstance(msg, m.CreateOrder):
+            return order(f"ORD-{next(ids)}", msg.custody_case, return_of=msg.return_of)
+        return None
+
+    def order(oid: str, case: str, state: OrderState = OrderState.PENDING, **kw: Any) -> Order:
+        o = Order(
+            oid, "PHARMACY", "OR-3", CargoClass.CONTROLLED_DRUG, 1, Priority.URGENT, w.now,
+            custody_case=case, **kw,
+        )  # fmt: skip
+        if state is not OrderState.PENDING:
+            o.move_to(OrderState.ASSIGNED, w.now)
+            if state in (OrderState.PICKED_UP, OrderState.DELIVERED):
+                o.move_to(OrderState.PICKED_UP, w.now)
+            if state is not OrderState.PICKED_UP:
+                o.move_to(state, w.tick(), "robot offline")
+        return o
+
+    # Case a: loaded, its robot left and failed while the state was not saved.
+    # Case b: verified, its first order failed (before loading), a second one is pending.
+    # Case c: verified, its only order was cancelled: it must be sent again.
+    a, b, c = w.request(), w.request(patient_ref="P-2"), w.request(patient_ref="P-3")
+    for cid in (a, b, c):
+        w.approve(cid)
+        w.pick(cid)
+        w.verify(cid)
+    w.load(a, "ph1")
+    desk = CustodyDesk(w.book, submit, pharmacy_station="PHARMACY")
+    moved = desk.rebuild_trips(
+        [
+            order("ORD-1", a, OrderState.FAILED),
+            order("ORD-2", b, OrderState.FAILED),
+            order("ORD-3", b),
+            order("ORD-4", c, OrderState.CANCELLED),
+        ]
+    )
+    assert sorted(moved) == [a, c]
+    assert w.book.case(a).state is CaseState.DELIVERY_FAULT  # the fault the fleet reported
+    trip_b = desk.trip_of(b)
+    assert trip_b is not None and (trip_b.order_id, trip_b.done) == ("ORD-3", False)
+    assert desk.trips["ORD-2"].done and w.book.case(b).state is CaseState.VERIFIED
+    assert desk.resend == {c}
+    desk.tick(w.tick())  # the desk calls a robot for c again
+    assert [type(x).__name__ for x in sent] == ["CreateOrder"]
