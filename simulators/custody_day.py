@@ -355,8 +355,8 @@ class CustodyDay:
             self._later(40, 120, lambda: self._robot_dies(plan))
         elif order.state is OrderState.FAILED:
             case = self.book.case(trip.case_id)
-            if case.state is CaseState.DELIVERY_FAULT:
-                self._later(300, 900, lambda: self._start_recovery(trip.case_id))
+            if case.state is CaseState.RECOVERY_PENDING:  # the desk raised the alert
+                self._later(420, 1200, lambda: self._recover(trip.case_id))
             # (A VERIFIED case whose trip ended unloaded: the desk sends it again itself.)
 
     def _desk_sees(self, report: Callable[[], None]) -> None:
@@ -490,12 +490,6 @@ class CustodyDay:
             plan.fault = False
             return
         robot.disconnect()
-
-    def _start_recovery(self, cid: str) -> None:
-        if self._do(
-            "start_recovery", cid, lambda: self.book.start_recovery(cid, now=self.clock.now())
-        ):
-            self._later(120, 300, lambda: self._recover(cid))
 
     def _recover(self, cid: str) -> None:
         plan = self.plans[cid]

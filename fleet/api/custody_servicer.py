@@ -54,7 +54,7 @@ from fleet.custody.lifecycle import (
 from fleet.custody.people import Authentication, PinHashing
 from fleet.custody.setup import CustodySources, build_custody_book
 from fleet.dispatch import messages as m
-from fleet.domain.errors import InvalidArgument
+from fleet.domain.errors import FailedPrecondition, InvalidArgument
 from fleet.store.ledger import LedgerStore, connect_ledger, open_ledger
 from fleet.v1 import custody_pb2, custody_pb2_grpc
 
@@ -588,6 +588,26 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             return StepResult(book.case(case_id), result.events, result.opened)
 
         return await self._step(step, {"verifier_auth": "verifier"})
+
+    @grpc_errors
+    async def CallRobot(
+        self, request: custody_pb2.CallRobotRequest, context: Context
+    ) -> custody_pb2.CustodyStepResponse:
+        """The pharmacist holding a recovered case calls a robot to the hatch."""
+        case_id = _required(request.case_id, "case_id")
+        caller = _person(request, "caller")
+        desk = self._desk
+
+        def step(book: CustodyBook, now: float) -> StepResult:
+            if desk is None:
+                raise FailedPrecondition(
+                    "this dispatcher serves custody without its fleet: there is no robot to "
+                    "call (fleet serve --custody)"
+                )
+            desk.send(case_id, now=now, caller_auth=caller.auth(book, now))
+            return StepResult(book.case(case_id), (), ())
+
+        return await self._step(step, {"caller_auth": "caller", "actor_auth": "caller"})
 
     @grpc_errors
     async def Load(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from fleet.custody.lifecycle import CaseState, CustodyBook, Leg, OpenGrant, StepResult
 from fleet.custody.people import Authentication
+from fleet.custody.permissions import Action
 from fleet.dispatch import messages as m
 from fleet.domain.cargo import CargoClass
 from fleet.domain.errors import FailedPrecondition, NotFound
@@ -93,6 +94,7 @@ class CustodyDesk:
     current: dict[str, str] = field(default_factory=dict)  # case id -> order id of its trip
     log: list[DeskLog] = field(default_factory=list)
     resend: set[str] = field(default_factory=set)  # verified cases whose trip ended unloaded
+    alerts: list[m.RaiseAlert] = field(default_factory=list)  # for the operators, at `tick`
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -115,10 +117,15 @@ class CustodyDesk:
         now: float,
         priority: Priority = Priority.URGENT,
         needed_by: float | None = None,
+        caller_auth: Authentication | None = None,
     ) -> Order:
         """Place the order that brings a verified (or recovered, for a redispatch) case from
-        the pharmacy hatch to its OR; its pickup waits for the pharmacist to load and seal."""
+        the pharmacy hatch to its OR; its pickup waits for the pharmacist to load and seal.
+        `caller_auth`: the person calling the robot, who must be the one holding the drugs
+        and allowed to load them (a redispatch after a recovery)."""
         case = self.book.case(case_id)
+        if caller_auth is not None:
+            self.book.step_auth.check(Action.LOAD, caller_auth, now=now, actor_in={case.holder})
         if case.state not in (CaseState.VERIFIED, CaseState.RECOVERED):
             raise FailedPrecondition(
                 f"case {case.id} is {case.state.value}: only a VERIFIED (or RECOVERED) case "
@@ -316,6 +323,19 @@ class CustodyDesk:
                     detail=order.failure_reason or order.state.value,
                     location=f"robot {order.robot_id}",
                 )
+                # Custody stays with the sealed compartment; two people must come for it.
+                self.book.start_recovery(case.id, now=now)
+                self.alerts.append(
+                    m.RaiseAlert(
+                        "CUSTODY_ROBOT_FAULT",
+                        m.AlertSeverity.CRITICAL,
+                        case.id,
+                        f"robot {order.robot_id} failed with custody case {case.id} "
+                        f"({case.drug_code}, {case.held} {case.unit}) sealed on board "
+                        f"({order.failure_reason or order.state.value}): a pharmacist and a "
+                        "second person must recover it with a blind count",
+                    )
+                )
                 self.log.append(DeskLog(now, case.id, f"robot fault: {order.failure_reason}"))
             elif case.state is CaseState.VERIFIED and trip.leg is Leg.OUTBOUND:
                 # The trip ended before loading (its robot went offline on the way to the
@@ -330,6 +350,10 @@ class CustodyDesk:
         robot back to the pharmacy. A verified case whose trip ended before it was loaded gets a
         new one. Returns the cases moved."""
         moved = []
+        # Alerts raised while a fleet report was being routed, handed on here (outside it).
+        alerts, self.alerts = self.alerts, []
+        for alert in alerts:
+            self.submit(alert)
         for case_id in sorted(self.resend):
             self.resend.discard(case_id)
             if self.book.case(case_id).state is CaseState.VERIFIED:

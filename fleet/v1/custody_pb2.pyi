@@ -545,6 +545,34 @@ class VerifyRequest(_message.Message):
 Global___VerifyRequest: _TypeAlias = VerifyRequest  # noqa: Y015
 
 @_typing.final
+class CallRobotRequest(_message.Message):
+    """CallRobot: call a robot to the pharmacy hatch for a recovered case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """The case. Required."""
+    @_builtins.property
+    def caller(self) -> Global___Credentials:
+        """The pharmacist holding the drugs. Required."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        caller: Global___Credentials | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRobotRequest: _TypeAlias = CallRobotRequest  # noqa: Y015
+
+@_typing.final
 class LoadRequest(_message.Message):
     """Load: lock the drugs in a robot compartment under a new seal. Called at the pharmacy dock."""
 

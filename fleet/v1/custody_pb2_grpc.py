@@ -88,6 +88,11 @@ class CustodyServiceStub:
                 request_serializer=fleet_dot_v1_dot_custody__pb2.LoadRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.FromString,
                 _registered_method=True)
+        self.CallRobot = channel.unary_unary(
+                '/fleet.v1.CustodyService/CallRobot',
+                request_serializer=fleet_dot_v1_dot_custody__pb2.CallRobotRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.FromString,
+                _registered_method=True)
         self.OpenCompartment = channel.unary_unary(
                 '/fleet.v1.CustodyService/OpenCompartment',
                 request_serializer=fleet_dot_v1_dot_custody__pb2.OpenCompartmentRequest.SerializeToString,
@@ -263,6 +268,19 @@ class CustodyServiceServicer:
         (`fleet serve --custody`), a robot must be waiting at the hatch for the case
         (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
         FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallRobot(self, request, context):
+        """A recovered case goes out again on a robot: after a robot fault and the two-person
+        recovery (RECOVERED), the pharmacist now holding the drugs calls a robot to the pharmacy
+        hatch; then Load as after Verify. (A verified case whose robot trip ended before loading
+        is sent again by the dispatcher itself.) Only on a dispatcher serving custody with its
+        fleet (`fleet serve --custody`): FAILED_PRECONDITION otherwise, or when the case is not
+        VERIFIED or RECOVERED or already has a robot on its way; PERMISSION_DENIED for anybody but
+        the person holding the drugs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -465,6 +483,11 @@ def add_CustodyServiceServicer_to_server(servicer, server):
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
                     request_deserializer=fleet_dot_v1_dot_custody__pb2.LoadRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.SerializeToString,
+            ),
+            'CallRobot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallRobot,
+                    request_deserializer=fleet_dot_v1_dot_custody__pb2.CallRobotRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.SerializeToString,
             ),
             'OpenCompartment': grpc.unary_unary_rpc_method_handler(
@@ -770,6 +793,33 @@ class CustodyService:
             target,
             '/fleet.v1.CustodyService/Load',
             fleet_dot_v1_dot_custody__pb2.LoadRequest.SerializeToString,
+            fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallRobot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.CustodyService/CallRobot',
+            fleet_dot_v1_dot_custody__pb2.CallRobotRequest.SerializeToString,
             fleet_dot_v1_dot_custody__pb2.CustodyStepResponse.FromString,
             options,
             channel_credentials,

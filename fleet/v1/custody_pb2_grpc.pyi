@@ -85,6 +85,15 @@ class CustodyServiceStub:
     (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
     FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
     """
+    CallRobot: _grpc.UnaryUnaryMultiCallable[_custody_pb2.CallRobotRequest, _custody_pb2.CustodyStepResponse]
+    """A recovered case goes out again on a robot: after a robot fault and the two-person
+    recovery (RECOVERED), the pharmacist now holding the drugs calls a robot to the pharmacy
+    hatch; then Load as after Verify. (A verified case whose robot trip ended before loading
+    is sent again by the dispatcher itself.) Only on a dispatcher serving custody with its
+    fleet (`fleet serve --custody`): FAILED_PRECONDITION otherwise, or when the case is not
+    VERIFIED or RECOVERED or already has a robot on its way; PERMISSION_DENIED for anybody but
+    the person holding the drugs.
+    """
     OpenCompartment: _grpc.UnaryUnaryMultiCallable[_custody_pb2.OpenCompartmentRequest, _custody_pb2.CompartmentGrant]
     """The recipient authenticates at the robot: the compartment may open for that person alone,
     for a limited time (the grant). Anyone else, or a wrong PIN, gets no grant. With the fleet,
@@ -221,6 +230,15 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     (`fleet serve --custody`), a robot must be waiting at the hatch for the case
     (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
     FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
+    """
+    CallRobot: _aio.UnaryUnaryMultiCallable[_custody_pb2.CallRobotRequest, _custody_pb2.CustodyStepResponse]  # type: ignore[assignment]
+    """A recovered case goes out again on a robot: after a robot fault and the two-person
+    recovery (RECOVERED), the pharmacist now holding the drugs calls a robot to the pharmacy
+    hatch; then Load as after Verify. (A verified case whose robot trip ended before loading
+    is sent again by the dispatcher itself.) Only on a dispatcher serving custody with its
+    fleet (`fleet serve --custody`): FAILED_PRECONDITION otherwise, or when the case is not
+    VERIFIED or RECOVERED or already has a robot on its way; PERMISSION_DENIED for anybody but
+    the person holding the drugs.
     """
     OpenCompartment: _aio.UnaryUnaryMultiCallable[_custody_pb2.OpenCompartmentRequest, _custody_pb2.CompartmentGrant]  # type: ignore[assignment]
     """The recipient authenticates at the robot: the compartment may open for that person alone,
@@ -397,6 +415,21 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         (`fleet serve --custody`), a robot must be waiting at the hatch for the case
         (CustodyCase.waiting_robot, PICKUP) and robot_id and compartment must be that robot's:
         FAILED_PRECONDITION naming both otherwise; the robot seals the compartment and leaves.
+        """
+
+    @_abc_1.abstractmethod
+    def CallRobot(
+        self,
+        request: _custody_pb2.CallRobotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_custody_pb2.CustodyStepResponse, _abc.Awaitable[_custody_pb2.CustodyStepResponse]]:
+        """A recovered case goes out again on a robot: after a robot fault and the two-person
+        recovery (RECOVERED), the pharmacist now holding the drugs calls a robot to the pharmacy
+        hatch; then Load as after Verify. (A verified case whose robot trip ended before loading
+        is sent again by the dispatcher itself.) Only on a dispatcher serving custody with its
+        fleet (`fleet serve --custody`): FAILED_PRECONDITION otherwise, or when the case is not
+        VERIFIED or RECOVERED or already has a robot on its way; PERMISSION_DENIED for anybody but
+        the person holding the drugs.
         """
 
     @_abc_1.abstractmethod

@@ -116,9 +116,17 @@ def test_a_robot_dying_with_the_drugs_is_a_fault_of_the_case(world: World) -> No
     desk.on_order(changed(order, OrderState.PICKED_UP, w.tick()))
     desk.on_order(changed(order, OrderState.FAILED, w.tick(), "robot AMR-1 went offline"))
     case = w.case(cid)
-    assert case.state is CaseState.DELIVERY_FAULT
-    assert case.custodian == "compartment:AMR-1/2"  # custody stays with the sealed compartment
+    # Recovery starts at once: two people must come; custody stays with the compartment.
+    assert case.state is CaseState.RECOVERY_PENDING
+    assert [h.step for h in case.history][-2:] == ["robot_fault", "start_recovery"]
+    assert case.custodian == "compartment:AMR-1/2"
     assert "offline" in case.fault_detail
+    # The operators hear of it at the desk's next tick (not inside the fleet's report).
+    assert not any(isinstance(c, m.RaiseAlert) for c in core.commands)
+    desk.tick(w.tick())
+    (alert,) = [c for c in core.commands if isinstance(c, m.RaiseAlert)]
+    assert alert.code == "CUSTODY_ROBOT_FAULT" and alert.subject == cid
+    assert alert.severity is m.AlertSeverity.CRITICAL and "AMR-1" in alert.message
 
 
 def test_a_trip_that_ends_before_loading_is_sent_again(world: World) -> None:
