@@ -134,23 +134,16 @@ class CustodyDesk:
         trip = self.trip_of(case.id)
         if trip is not None and not trip.done:
             raise FailedPrecondition(f"case {case.id} already rides on order {trip.order_id}")
-        order = self.submit(
-            m.CreateOrder(
-                pickup_station=self.pharmacy_station,
-                dropoff_station=case.or_station,
-                cargo_class=CargoClass.CONTROLLED_DRUG,
-                quantity=1,
-                priority=priority,
-                needed_by=needed_by,
-                requested_by=case.requested_by,
-                note=f"controlled drugs, custody case {case.id}",
-                custody_case=case.id,
-            )
+        return self._place(
+            case.id,
+            Leg.OUTBOUND,
+            self.pharmacy_station,
+            case.or_station,
+            now=now,
+            priority=priority,
+            needed_by=needed_by,
+            requested_by=case.requested_by,
         )
-        assert order is not None
-        self._track(Trip(case.id, order.id, Leg.OUTBOUND))
-        self.log.append(DeskLog(now, case.id, f"sent on {order.id}"))
-        return order
 
     def load(
         self,
@@ -207,23 +200,16 @@ class CustodyDesk:
                 f"case {case.id} is {case.state.value}: a return is sent after reconciliation"
             )
         outbound = self._last_trip(case.id, Leg.OUTBOUND)
-        order = self.submit(
-            m.CreateOrder(
-                pickup_station=case.or_station,
-                dropoff_station=self.pharmacy_station,
-                cargo_class=CargoClass.CONTROLLED_DRUG,
-                quantity=1,
-                priority=Priority.ROUTINE,
-                requested_by=case.requested_by,
-                note=f"controlled-drug return, custody case {case.id}",
-                return_of=outbound.order_id,
-                custody_case=case.id,
-            )
+        return self._place(
+            case.id,
+            Leg.RETURN,
+            case.or_station,
+            self.pharmacy_station,
+            now=now,
+            priority=Priority.ROUTINE,
+            requested_by=case.requested_by,
+            return_of=outbound.order_id,
         )
-        assert order is not None
-        self._track(Trip(case.id, order.id, Leg.RETURN))
-        self.log.append(DeskLog(now, case.id, f"return sent on {order.id}"))
-        return order
 
     def load_return(
         self,
@@ -414,6 +400,41 @@ class CustodyDesk:
         return moved
 
     # ---- helpers -----------------------------------------------------------------------
+
+    def _place(
+        self,
+        case_id: str,
+        leg: Leg,
+        pickup: str,
+        dropoff: str,
+        *,
+        now: float,
+        priority: Priority,
+        requested_by: str,
+        needed_by: float | None = None,
+        return_of: str = "",
+    ) -> Order:
+        """Place one leg's order (one compartment, controlled drugs only) and track it."""
+        what = "controlled drugs" if leg is Leg.OUTBOUND else "controlled-drug return"
+        order = self.submit(
+            m.CreateOrder(
+                pickup_station=pickup,
+                dropoff_station=dropoff,
+                cargo_class=CargoClass.CONTROLLED_DRUG,
+                quantity=1,
+                priority=priority,
+                needed_by=needed_by,
+                requested_by=requested_by,
+                note=f"{what}, custody case {case_id}",
+                return_of=return_of,
+                custody_case=case_id,
+            )
+        )
+        assert order is not None
+        self._track(Trip(case_id, order.id, leg))
+        sent = "sent" if leg is Leg.OUTBOUND else "return sent"
+        self.log.append(DeskLog(now, case_id, f"{sent} on {order.id}"))
+        return order
 
     def _track(self, trip: Trip) -> None:
         self.trips[trip.order_id] = trip
