@@ -33,6 +33,8 @@ DOOR_FAULT_MODES = (ipb.DOOR_MODE_BLOCKED, ipb.DOOR_MODE_FAULT, ipb.DOOR_MODE_OF
 _SERVING = (ipb.LIFT_MODE_NORMAL, ipb.LIFT_MODE_ROBOT_EXCLUSIVE)
 # A lease counts as run out this close to its end: timers and clocks are floats.
 _LEASE_EPS_S = 1e-9
+# A lease that ran out while its robot was inside is looked at again this often.
+_LEASE_RECHECK_S = 5.0
 
 
 def _ack(device: str, session: str, accepted: bool, reason: str = "") -> ipb.InfrastructureMessage:
@@ -478,9 +480,15 @@ class SimLiftController:
 
     def _check_lease(self, name: str) -> None:
         """Drop the car's session if its lease ran out (not while the car is offline: the
-        controller cannot act on it then; it checks again when contact is back)."""
+        controller cannot act on it then; it checks again when contact is back; and not while
+        its robot is inside: the dispatcher renews it, or it ends once the robot is out)."""
         car = self.cars[name]
         if car.mode == ipb.LIFT_MODE_OFFLINE or not car.session or car.lease_until is None:
+            return
+        if self.world.lifts[name].occupants:
+            car.lease_timer = self.scheduler.call_later(
+                _LEASE_RECHECK_S, lambda: self._check_lease(name)
+            )
             return
         if self.scheduler.now() < car.lease_until - _LEASE_EPS_S:
             return

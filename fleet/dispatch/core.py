@@ -39,6 +39,9 @@ from fleet.traffic.lift_waits import LiftWaitEstimator
 from fleet.traffic.resources import TrafficResources, door_resource, lift_resource
 from fleet.traffic.steps import Step, StepKind, steps_for_route
 
+# A robot whose reported pause state differs from the dispatcher's is told again this often.
+PAUSE_RESEND_S = 10.0
+
 
 @dataclass(frozen=True)
 class CoreConfig:
@@ -120,6 +123,7 @@ class _RobotRun:
     stale: bool = True
     battery_at: float = 0.0  # when it last reported its battery
     paused: bool = False  # by an operator: it starts nothing until resumed
+    pause_told_at: float = -math.inf  # when it was last told to match `paused` (see _robot_state)
 
 
 @dataclass
@@ -600,6 +604,7 @@ class FleetCore:
         run = _RobotRun(robot=robot)
         if old is not None:
             run.step_ids = old.step_ids  # step ids stay increasing across reconnects
+            run.paused = old.paused  # an operator's pause outlives a dropped connection
         self.robots[msg.robot_id] = run
         carrying = set(msg.carrying)
         for order in self.orders.values():
@@ -672,6 +677,7 @@ class FleetCore:
             r.node = msg.node
         if msg.compartments:
             self._check_seals(run, msg.compartments)
+        self._sync_pause(run, msg.mode)
         if msg.mode is RobotMode.FAULT and r.mode is not RobotMode.FAULT:
             self._abandon_work(
                 run, "robot reported a fault: " + "; ".join(msg.errors), fail_onboard=True
@@ -684,6 +690,22 @@ class FleetCore:
             self.store.upsert_robot(r)
             self._unblock(r.id)
             self._request_replan()
+
+    def _sync_pause(self, run: _RobotRun, reported: RobotMode) -> None:
+        """The dispatcher owns pause and resume: a robot that reports itself paused when it
+        is not (a PAUSE it kept across a lost connection), or not paused when it is, is told
+        again (at most every PAUSE_RESEND_S)."""
+        robot_paused = reported is RobotMode.PAUSED
+        if reported in (RobotMode.FAULT, RobotMode.OFFLINE) or robot_paused == run.paused:
+            return
+        now = self.clock.now()
+        if now - run.pause_told_at < PAUSE_RESEND_S:
+            return
+        run.pause_told_at = now
+        kind = m.InstantKind.PAUSE if run.paused else m.InstantKind.RESUME
+        why = "paused by the dispatcher" if run.paused else "not paused by the dispatcher"
+        self._outbox.append(m.SendInstantAction(run.robot.id, next(self._action_ids), kind, why))
+        self._log(run, f"told again: {why}", kind.value)
 
     def _live_robot(self, robot_id: str) -> _RobotRun:
         run = self.robots.get(robot_id)
@@ -1539,16 +1561,40 @@ class FleetCore:
             if w and w.kind == "door_open" and w.session_id == msg.session_id:
                 self._door_ready(run)
 
+    def _resend_rides(self, lift: str) -> None:
+        """Contact with a car is back: a ride asked for while it was offline was not heard
+        (an offline car's requests are ignored), so ask again (requests are idempotent)."""
+        for holder in self.traffic.holders(lift_resource(lift)):
+            run = self.robots[holder]
+            w = run.waiting
+            if (
+                run.in_lift == lift
+                and w is not None
+                and w.kind == "lift_at"
+                and w.session_id
+                and run.steps
+                and run.steps[0].kind is StepKind.LIFT_RIDE
+            ):
+                self._outbox.append(
+                    m.LiftCommand(
+                        lift, m.LiftAction.GO_TO, w.session_id, holder, w.level, self._lease_s
+                    )
+                )
+                self._log(run, f"ride to {w.level} asked again: {lift} is back", "LIFT_RECOVER")
+
     def _lift_report(self, msg: m.LiftReport) -> None:
         state = self.lifts.get(msg.lift_id)
         if state is None:
             raise InvalidArgument("lift_id", f"unknown lift {msg.lift_id!r}")
         now = self.clock.now()
+        was = state.mode
         state.level, state.door, state.mode = msg.level, msg.door, msg.mode
         state.session_id, state.fault, state.reported_at = msg.session_id, msg.fault, now
         key = lift_resource(msg.lift_id)
         down = msg.mode in (m.LiftMode.OUT_OF_SERVICE, m.LiftMode.FIRE_RECALL, m.LiftMode.OFFLINE)
         self._device_fault("lift", msg.lift_id, msg.mode.value if down else "", msg.fault)
+        if was is m.LiftMode.OFFLINE and not down:
+            self._resend_rides(msg.lift_id)
         session = self.lift_sessions.get(msg.session_id) if msg.session_id else None
         if session is not None and session.state is SessionState.REQUESTED:
             self._session_move(session.id, SessionState.ASSIGNED, "car serves the session")
@@ -1722,17 +1768,20 @@ class FleetCore:
         why = f"{kind} {name} refused {owner.robot.id}: {msg.reason or 'no reason given'}"
         self._log(owner, why, "REFUSED")
         if kind == "lift":
+            if owner.in_lift == name:
+                # Its robot is inside the car: a refused request (a ride during a fire recall)
+                # does not end the session. The car lets the robot out at its recall level,
+                # reported on that same session, or an operator brings it out.
+                self._alert(
+                    "LIFT_REFUSED_RIDER", m.AlertSeverity.CRITICAL, name, why, (owner.robot.id,)
+                )
+                return
             expired = "lease" in msg.reason.lower()
             self._session_move(
                 msg.session_id,
                 SessionState.EXPIRED if expired else SessionState.CANCELLED,
                 msg.reason,
             )
-            if owner.in_lift == name:
-                self._alert(
-                    "LIFT_REFUSED_RIDER", m.AlertSeverity.CRITICAL, name, why, (owner.robot.id,)
-                )
-                return
             owner.sessions.pop(resource, None)
             w = owner.waiting
             if expired and w is not None and w.kind == "lift_at" and w.resource == resource:

@@ -39,7 +39,9 @@ class InfrastructureGatewayStub:
     - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
       the session sends no request (any action, RENEW included) within that many seconds, and
       never lets a car serve a session whose lease has expired: the dispatcher (or its link)
-      may be gone, and a car must not stand reserved for nobody.
+      may be gone, and a car must not stand reserved for nobody. Except while the session's
+      robot is inside the car: that session is not ended for its lease (the robot would be shut
+      in a car serving nobody); it ends once the robot is out (or an operator brings it out).
     - The controller answers each request that would start a session (door OPEN, lift CALL)
       once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
       assigned to it; a call waiting behind another session is answered when its turn comes),
@@ -76,7 +78,9 @@ class InfrastructureGatewayAsyncStub(InfrastructureGatewayStub):
     - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
       the session sends no request (any action, RENEW included) within that many seconds, and
       never lets a car serve a session whose lease has expired: the dispatcher (or its link)
-      may be gone, and a car must not stand reserved for nobody.
+      may be gone, and a car must not stand reserved for nobody. Except while the session's
+      robot is inside the car: that session is not ended for its lease (the robot would be shut
+      in a car serving nobody); it ends once the robot is out (or an operator brings it out).
     - The controller answers each request that would start a session (door OPEN, lift CALL)
       once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
       assigned to it; a call waiting behind another session is answered when its turn comes),
@@ -109,7 +113,9 @@ class InfrastructureGatewayServicer(metaclass=_abc_1.ABCMeta):
     - A lift session may carry a lease (LiftRequest.lease_s). The controller frees the car when
       the session sends no request (any action, RENEW included) within that many seconds, and
       never lets a car serve a session whose lease has expired: the dispatcher (or its link)
-      may be gone, and a car must not stand reserved for nobody.
+      may be gone, and a car must not stand reserved for nobody. Except while the session's
+      robot is inside the car: that session is not ended for its lease (the robot would be shut
+      in a car serving nobody); it ends once the robot is out (or an operator brings it out).
     - The controller answers each request that would start a session (door OPEN, lift CALL)
       once with a RequestAck: accepted when it takes the session on (for a lift: when a car is
       assigned to it; a call waiting behind another session is answered when its turn comes),

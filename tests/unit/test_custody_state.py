@@ -360,10 +360,11 @@ def test_the_desk_rebuilds_its_trips_from_the_fleets_orders() -> None:
         ]
     )
     assert sorted(moved) == [a, c]
-    assert w.book.case(a).state is CaseState.DELIVERY_FAULT  # the fault the fleet reported
+    # The fault the fleet reported; the desk starts the recovery at once.
+    assert w.book.case(a).state is CaseState.RECOVERY_PENDING
     trip_b = desk.trip_of(b)
     assert trip_b is not None and (trip_b.order_id, trip_b.done) == ("ORD-3", False)
     assert desk.trips["ORD-2"].done and w.book.case(b).state is CaseState.VERIFIED
     assert desk.resend == {c}
-    desk.tick(w.tick())  # the desk calls a robot for c again
-    assert [type(x).__name__ for x in sent] == ["CreateOrder"]
+    desk.tick(w.tick())  # the alert for a's fault, and a robot called for c again
+    assert [type(x).__name__ for x in sent] == ["RaiseAlert", "CreateOrder"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleet.building.loader import load_building
@@ -143,6 +143,21 @@ def _restore(t: FastTwin) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(events=st.lists(event, min_size=1, max_size=14))
+# Found by this test: a fire recall as the robot drives into the car (the refused ride ended the
+# rider's session); a car offline with its robot inside (the ride asked for meanwhile was never
+# heard; the lease ran out and the car dropped its rider's session); a paused robot that lost
+# its connection (it came back still paused, the dispatcher no longer thought so).
+@example(events=[("order", ("DOCK", "WARD"), 1176.0), ("lift", "LIFT-B", 4, 1250.0)])
+@example(events=[("order", ("DOCK", "WARD"), 1172.0), ("lift", "LIFT-B", 5, 1250.0)])
+@example(
+    events=[
+        ("order", ("DOCK", "WARD"), 0.0),
+        ("order", ("DOCK", "WARD"), 0.0),
+        ("pause", "", True, 7.5),
+        ("robot_down", 1, 224.0),
+        ("robot_up", 1, 678.6),
+    ]
+)
 def test_traffic_invariants_under_random_orders_faults_and_operator_actions(
     events: list[tuple[object, ...]],
 ) -> None:
