@@ -848,11 +848,13 @@ class FleetCore:
 
     # ---- custody: secure pickups and drop-offs of controlled drugs ---------------------------
 
-    def _custody_compartments(self, run: _RobotRun, order_ids: Sequence[str]) -> None:
+    def _custody_compartments(self, run: _RobotRun, order_ids: Sequence[str]) -> set[str]:
         """A custody outbound about to be loaded takes a compartment no other case keeps for
-        its return (it travels alone: every compartment not kept is empty)."""
+        its return (it travels alone: every compartment not kept is empty). Returns the ones
+        for which there is none (the plan did not know: they go back to the pool)."""
         count = run.robot.capabilities.compartments
         held = self.custody_holds.get(run.robot.id, {})
+        unplaced: set[str] = set()
         for oid in order_ids:
             order = self.orders[oid]
             if not order.custody_case or order.pinned_robot is not None or not count:
@@ -863,6 +865,24 @@ class FleetCore:
             if free:
                 order.compartment = free[0]
                 self._mark(order)
+            else:
+                unplaced.add(oid)
+        return unplaced
+
+    def _custody_kept(self, run: _RobotRun) -> int:
+        """Compartments of the robot kept for custody returns, now or once what it carries is
+        delivered (an outbound on board will keep its compartment at its OR)."""
+        kept = len(self.custody_holds.get(run.robot.id, {}))
+        for oid in run.robot.carrying:
+            order = self.orders.get(oid)
+            if (
+                order is not None
+                and order.custody_case
+                and not order.return_of
+                and order.dropoff_station != order.pickup_station
+            ):
+                kept += 1
+        return kept
 
     def _hold_or_release_compartment(self, run: _RobotRun, order: Order) -> None:
         """After a custody order was handed over: an outbound delivered at its OR keeps its
@@ -1110,6 +1130,17 @@ class FleetCore:
             if stop.kind is StopKind.PICKUP and self._hold(run, stop):
                 run.future.insert(0, stop)
                 return False
+            if stop.kind is StopKind.PICKUP:
+                unplaced = self._custody_compartments(run, ids)
+                for oid in unplaced:
+                    self._fail_or_release(
+                        self.orders[oid],
+                        f"every compartment of {run.robot.id} is kept for a custody return",
+                    )
+                ids = tuple(oid for oid in ids if oid not in unplaced)
+                if not ids:
+                    continue
+                stop = Stop(stop.node, stop.kind, ids, stop.arrival, stop.departure)
             blocked = ""
             try:
                 route = self.graph.route(robot.node, stop.node, caps.flow, caps.max_speed_m_s)
@@ -1130,8 +1161,6 @@ class FleetCore:
             station = self._station_at(stop.node)
             quantity = sum(self.orders[oid].quantity for oid in ids)
             kind = StepKind.PICKUP if stop.kind is StopKind.PICKUP else StepKind.DROPOFF
-            if kind is StepKind.PICKUP:
-                self._custody_compartments(run, ids)
             steps.append(
                 Step(
                     kind,
@@ -2530,7 +2559,7 @@ class FleetCore:
             max_payload_kg=caps.max_payload_kg,
             compartments=caps.compartments,
             custody_full=bool(caps.compartments)
-            and len(self.custody_holds.get(r.id, {})) >= (caps.compartments or 0),
+            and self._custody_kept(run) >= (caps.compartments or 0),
             battery_pct=battery,
             reserve_pct=cfg.battery_reserve_pct if cfg.battery_drain_pct_per_s > 0 else 0.0,
             drain_pct_per_s=cfg.battery_drain_pct_per_s,
