@@ -61,9 +61,10 @@ DRAIN_S = 2 * 3600.0
 DEFER_MARGIN_S = 45 * 60.0
 DEFER_BY_DEFAULT = frozenset({"hospital-day"})
 # The controlled-drug day (simulators.custody_day): cases end hours after their request
-# (surgery, reconciliation, the return leg), so the run waits up to this long for them.
+# (surgery, reconciliation, the return leg, a recovery after a robot fault, and a small fleet's
+# queue), so the run waits up to this long for them; it ends as soon as every case is closed.
 CUSTODY_WORKLOAD = "controlled-drugs"
-CUSTODY_DRAIN_S = 4 * 3600.0
+CUSTODY_DRAIN_S = 8 * 3600.0
 
 
 def default_defer_margin_s(workload_name: str) -> float | None:
