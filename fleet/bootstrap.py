@@ -236,8 +236,6 @@ class Service:
         bus.router.custody_watchers.append(desk.on_secure_stop)
         bus.router.watchers.append(desk.on_order)
         runner = DeskCustodyRunner(bus, desk, core.clock, ledger, keeper)
-        runner.rebuild()
-        bus.router.watchers.append(runner.on_order)  # after the desk's: it sees the trip done
         self._custody_runner = runner
         return runner
 

@@ -449,7 +449,7 @@ class CustodyDay:
                 now=self.clock.now(),
                 witness_auth=self._auth(plan.nurse),
             )
-            self.desk.send_return(cid, now=self.clock.now())
+            self.desk.request_return(cid, now=self.clock.now())
 
         self._do("reconcile", cid, reconcile)
 
@@ -512,7 +512,7 @@ class CustodyDay:
             robot = self.twin.robots.get(plan.faulted_robot)
             if robot is not None:
                 # The two people took the drugs out: the robot carries nothing when repaired.
-                robot.forget_cargo() if hasattr(robot, "forget_cargo") else robot.carrying.clear()
+                robot.forget_cargo()
                 self.loop.call_later(self.config.repair_after_s, robot.connect)
             # Back to the pharmacy and on another robot.
             self._later(600, 1200, lambda: self._send(cid))

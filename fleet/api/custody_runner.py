@@ -7,12 +7,8 @@ robot is told anything. Here the book sits behind a `CustodyDesk` whose `submit`
 task; so people's steps must run there too, one at a time with the core's messages:
 `AsyncBus.call`. The servicer sees the desk (`runner.desk`) and routes the robot-linked steps
 through it (Verify calls the robot, Load seals, OpenCompartment opens, Reconcile places the
-return, LoadReturn seals, ReturnReceive opens at the pharmacy).
-
-The return leg rides in the compartment the outbound order kept, so it can be placed only once
-that order is DELIVERED (the recipient opened the compartment and the robot finished its
-drop-off). A reconciliation that comes sooner (a short procedure) is not refused for that: the
-runner places the return when the outbound order is delivered (`place_return`, `on_order`).
+return (`CustodyDesk.request_return`: at once, or once the outbound order is delivered),
+LoadReturn seals, ReturnReceive opens at the pharmacy).
 
 The price: a step's PIN hashing and ledger commit run on the event loop that drives the robots
 (milliseconds with the demo hashing; tens of milliseconds per person with the production
@@ -41,11 +37,9 @@ from fleet.api.custody_servicer import LedgerReader
 from fleet.clock import Clock
 from fleet.custody.desk import CustodyDesk
 from fleet.custody.ledger import CustodyEvent
-from fleet.custody.lifecycle import TERMINAL_STATES, CaseState, CustodyBook, Leg
+from fleet.custody.lifecycle import TERMINAL_STATES, CustodyBook
 from fleet.custody.state import STOCK_KEY, case_key, dumps
-from fleet.dispatch.bus import AsyncBus, DispatcherStopped
-from fleet.domain.errors import DomainError
-from fleet.domain.order import Order, OrderState
+from fleet.dispatch.bus import AsyncBus
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -191,9 +185,6 @@ class DeskCustodyRunner:
         self.clock = clock
         self.ledger = ledger
         self.keeper = keeper
-        # Cases reconciled while their outbound order was not yet delivered.
-        self.returns_due: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def stations(self) -> frozenset[str]:
@@ -235,63 +226,6 @@ class DeskCustodyRunner:
         pending = self.keeper.capture_and_save(self.desk.book, self.clock.now())
         if pending is not None:
             await asyncio.wrap_future(pending)
-
-    def rebuild(self) -> None:
-        """After the desk's trips were rebuilt (`CustodyDesk.rebuild_trips`, before the bus
-        starts): reconciled cases whose outbound order is still under way wait for it to be
-        delivered (`returns_due`), as `place_return` would have left them."""
-        for case in self.desk.book.cases():
-            if case.state is not CaseState.RECONCILIATION_SUBMITTED:
-                continue
-            trip = self.desk.trip_of(case.id)
-            if trip is not None and trip.leg is Leg.OUTBOUND and not trip.done:
-                self.returns_due.add(case.id)
-
-    def place_return(self, case_id: str, now: float) -> bool:
-        """After a reconciliation (call it on the bus task, inside `run`): place the return leg
-        now if the outbound order is delivered, or as soon as it is. Returns True when placed
-        now. A case that did not reach the OR on a robot (hand carried) has no return leg: it
-        comes back by hand (ReturnReceive)."""
-        trip = self.desk.trip_of(case_id)
-        if trip is None or trip.leg is not Leg.OUTBOUND:
-            return False
-        order = self.bus.core.orders.get(trip.order_id)
-        if order is None and trip.done:
-            # Delivered before a restart: the core keeps open orders only; ask the store.
-            order = self.bus.core.store.get_order(trip.order_id)
-        if order is not None and order.state is OrderState.DELIVERED:
-            try:
-                self.desk.send_return(case_id, now=now)
-            except DomainError as exc:  # the reconciliation stands; the return goes by hand
-                log.warning("could not place the return of custody case %s: %s", case_id, exc)
-                return False
-            return True
-        if not trip.done:
-            self.returns_due.add(case_id)
-        return False
-
-    def on_order(self, order: Order) -> None:
-        """An order changed (a bus watcher, registered after the desk's): a delivered outbound
-        order whose case was already reconciled gets its return placed."""
-        trip = self.desk.trips.get(order.id)
-        if trip is None or trip.case_id not in self.returns_due:
-            return
-        if order.state is OrderState.DELIVERED:
-            self.returns_due.discard(trip.case_id)
-            task = asyncio.get_running_loop().create_task(self._send_return(trip.case_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif order.state in (OrderState.FAILED, OrderState.CANCELLED):
-            self.returns_due.discard(trip.case_id)
-
-    async def _send_return(self, case_id: str) -> None:
-        # A bus call of its own (not inside the watcher): what the core emits is routed at once.
-        try:
-            await self.run(lambda book, now: self.desk.send_return(case_id, now=now))
-        except DispatcherStopped:
-            pass
-        except Exception:
-            log.exception("could not place the return of custody case %s", case_id)
 
     async def ledger_events(
         self, drug_code: str, lot: str, from_seq: int = 1

@@ -225,6 +225,29 @@ def _compartment(value: int, field: str = "compartment") -> str:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sealing:
+    """A Load or LoadReturn request, checked: who locks what into which compartment."""
+
+    case_id: str
+    loader: _Person
+    robot_id: str
+    number: int  # as the robot protocol numbers it, from 1
+    compartment: str  # the book's id of it
+    seal_id: str
+
+
+def _sealing(request: custody_pb2.LoadRequest | custody_pb2.LoadReturnRequest) -> _Sealing:
+    return _Sealing(
+        _required(request.case_id, "case_id"),
+        _person(request, "loader"),
+        _required(request.robot_id, "robot_id"),
+        request.compartment,
+        _compartment(request.compartment),
+        _required(request.seal_id, "seal_id"),
+    )
+
+
 def _counts(items: Sequence[custody_pb2.LotCount], field: str) -> dict[str, int]:
     """A blind count by lot; a lot given twice is refused (a count is one number per lot)."""
     out: dict[str, int] = {}
@@ -614,33 +637,18 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         self, request: custody_pb2.LoadRequest, context: Context
     ) -> custody_pb2.CustodyStepResponse:
         """The holder locks the drugs in a robot compartment under a new seal."""
-        case_id = _required(request.case_id, "case_id")
-        loader = _person(request, "loader")
-        robot_id = _required(request.robot_id, "robot_id")
-        compartment = _compartment(request.compartment)
-        seal_id = _required(request.seal_id, "seal_id")
+        r = _sealing(request)
         location = request.location
         desk = self._desk
-        number = request.compartment
 
         def step(book: CustodyBook, now: float) -> StepResult:
+            auth = r.loader.auth(book, now)
             if desk is not None:
                 return desk.load(
-                    case_id,
-                    loader.auth(book, now),
-                    seal_id,
-                    now=now,
-                    robot_id=robot_id,
-                    compartment=number,
+                    r.case_id, auth, r.seal_id, now=now, robot_id=r.robot_id, compartment=r.number
                 )
             return book.load(
-                case_id,
-                loader.auth(book, now),
-                robot_id,
-                compartment,
-                seal_id,
-                now=now,
-                location=location,
+                r.case_id, auth, r.robot_id, r.compartment, r.seal_id, now=now, location=location
             )
 
         return await self._step(step, {"loader_auth": "loader"})
@@ -804,6 +812,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         witness = _maybe_person(request, "witness")
         unused = _counts(request.unused_by_lot, "unused_by_lot")
         empties = _counts(request.empty_containers_by_lot, "empty_containers_by_lot")
+        desk = self._desk
 
         def step(book: CustodyBook, now: float) -> StepResult:
             result = book.reconcile(
@@ -814,11 +823,10 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
                 now=now,
                 witness_auth=_auth_of(witness, book, now),
             )
-            place_return = getattr(self._runner, "place_return", None)
             if (
-                place_return is not None
+                desk is not None
                 and result.case.state is CaseState.RECONCILIATION_SUBMITTED
-                and place_return(case_id, now)
+                and desk.request_return(case_id, now=now) is not None
             ):
                 # The robot that brought the drugs comes back for the return (placed now, or
                 # once its outbound order is delivered).
@@ -832,28 +840,16 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         self, request: custody_pb2.LoadReturnRequest, context: Context
     ) -> custody_pb2.CustodyStepResponse:
         """The return goes into the case's compartment under a new seal."""
-        case_id = _required(request.case_id, "case_id")
-        loader = _person(request, "loader")
-        robot_id = _required(request.robot_id, "robot_id")
-        compartment = _compartment(request.compartment)
-        seal_id = _required(request.seal_id, "seal_id")
-
+        r = _sealing(request)
         desk = self._desk
-        number = request.compartment
 
         def step(book: CustodyBook, now: float) -> StepResult:
+            auth = r.loader.auth(book, now)
             if desk is not None:
                 return desk.load_return(
-                    case_id,
-                    loader.auth(book, now),
-                    seal_id,
-                    now=now,
-                    robot_id=robot_id,
-                    compartment=number,
+                    r.case_id, auth, r.seal_id, now=now, robot_id=r.robot_id, compartment=r.number
                 )
-            return book.load_return(
-                case_id, loader.auth(book, now), robot_id, compartment, seal_id, now=now
-            )
+            return book.load_return(r.case_id, auth, r.robot_id, r.compartment, r.seal_id, now=now)
 
         return await self._step(step, {"loader_auth": "loader"})
 

@@ -34,7 +34,7 @@ from fleet.custody.people import Authentication
 from fleet.custody.permissions import Action
 from fleet.dispatch import messages as m
 from fleet.domain.cargo import CargoClass
-from fleet.domain.errors import FailedPrecondition, NotFound
+from fleet.domain.errors import DomainError, FailedPrecondition, NotFound
 from fleet.domain.order import Order, OrderState
 from fleet.domain.priority import Priority
 
@@ -69,6 +69,7 @@ class Trip:
     leg: Leg
     waiting: m.SecureStop | None = None
     done: bool = False
+    delivered: bool = False  # done, and handed over where it was going
 
 
 @dataclass
@@ -94,6 +95,8 @@ class CustodyDesk:
     current: dict[str, str] = field(default_factory=dict)  # case id -> order id of its trip
     log: list[DeskLog] = field(default_factory=list)
     resend: set[str] = field(default_factory=set)  # verified cases whose trip ended unloaded
+    # Reconciled cases whose outbound order was not yet delivered: the return waits for it.
+    returns_due: set[str] = field(default_factory=set)
     alerts: list[m.RaiseAlert] = field(default_factory=list)  # for the operators, at `tick`
 
     # ---- reading ------------------------------------------------------------------------
@@ -159,19 +162,22 @@ class CustodyDesk:
         hatch under `seal_id` (book: LOADED); the robot seals it and leaves. `robot_id` and
         `compartment`, when given (what the pharmacist scanned), must be those of the robot
         waiting: FailedPrecondition naming both otherwise, and nothing changes."""
-        stop = self._waiting(case_id, "PICKUP", Leg.OUTBOUND)
-        _check_robot(case_id, stop, robot_id, compartment)
-        result = self.book.load(
+        return self._seal(
             case_id,
-            loader_auth,
-            stop.robot_id,
-            str(stop.compartment),
+            Leg.OUTBOUND,
             seal_id,
-            now=now,
-            location=stop.station,
+            robot_id,
+            compartment,
+            lambda stop: self.book.load(
+                case_id,
+                loader_auth,
+                stop.robot_id,
+                str(stop.compartment),
+                seal_id,
+                now=now,
+                location=stop.station,
+            ),
         )
-        self.submit(m.SealCompartment(stop.order_id, seal_id))
-        return result
 
     def open_for_recipient(
         self, case_id: str, recipient_auth: Authentication, *, now: float
@@ -211,6 +217,25 @@ class CustodyDesk:
             return_of=outbound.order_id,
         )
 
+    def request_return(self, case_id: str, *, now: float) -> Order | None:
+        """After a reconciliation: the return leg rides in the compartment the outbound kept,
+        so it is placed now if the outbound order was delivered, else as soon as it is (at
+        `tick`); returns the order placed now, or None. A case that did not reach its OR on a
+        robot (hand carried), or whose return cannot be placed, comes back by hand (the
+        reconciliation stands; the desk's log says why)."""
+        trip = self.trip_of(case_id)
+        if trip is None or trip.leg is not Leg.OUTBOUND:
+            return None
+        if not trip.delivered:
+            if not trip.done:
+                self.returns_due.add(case_id)
+            return None
+        try:
+            return self.send_return(case_id, now=now)
+        except DomainError as exc:
+            self.log.append(DeskLog(now, case_id, f"return not placed: {exc}"))
+            return None
+
     def load_return(
         self,
         case_id: str,
@@ -224,13 +249,16 @@ class CustodyDesk:
         """The OR person locks the unused units and empties into the compartment of the robot
         waiting at the OR (book: RETURN_IN_TRANSIT); the robot seals it and leaves. `robot_id`
         and `compartment` as for `load`."""
-        stop = self._waiting(case_id, "PICKUP", Leg.RETURN)
-        _check_robot(case_id, stop, robot_id, compartment)
-        result = self.book.load_return(
-            case_id, loader_auth, stop.robot_id, str(stop.compartment), seal_id, now=now
+        return self._seal(
+            case_id,
+            Leg.RETURN,
+            seal_id,
+            robot_id,
+            compartment,
+            lambda stop: self.book.load_return(
+                case_id, loader_auth, stop.robot_id, str(stop.compartment), seal_id, now=now
+            ),
         )
-        self.submit(m.SealCompartment(stop.order_id, seal_id))
-        return result
 
     def return_receive(
         self,
@@ -299,7 +327,7 @@ class CustodyDesk:
             if trip.leg is Leg.OUTBOUND and case.state is CaseState.LOADED:
                 self.book.depart(case.id, now=now)
         elif order.state is OrderState.DELIVERED:
-            trip.waiting, trip.done = None, True
+            trip.waiting, trip.done, trip.delivered = None, True, True
         elif order.state in (OrderState.FAILED, OrderState.CANCELLED):
             trip.waiting, trip.done = None, True
             if case.state in _ON_BOARD:
@@ -345,6 +373,14 @@ class CustodyDesk:
             if self.book.case(case_id).state is CaseState.VERIFIED:
                 self.send(case_id, now=now)
                 moved.append(case_id)
+        for case_id in sorted(self.returns_due):
+            trip = self.trip_of(case_id)
+            if trip is not None and not trip.done:
+                continue  # the outbound is still on its way
+            self.returns_due.discard(case_id)
+            reconciled = self.book.case(case_id).state is CaseState.RECONCILIATION_SUBMITTED
+            if reconciled and self.request_return(case_id, now=now) is not None:
+                moved.append(case_id)
         for case_id in self.book.timeouts_due(now):
             result = self.book.recipient_absent(case_id, now=now)
             moved.append(case_id)
@@ -386,7 +422,8 @@ class CustodyDesk:
             except NotFound:
                 continue
             leg = Leg.RETURN if order.return_of else Leg.OUTBOUND
-            self._track(Trip(order.custody_case, order.id, leg, done=order.state.terminal))
+            done, delivered = order.state.terminal, order.state is OrderState.DELIVERED
+            self._track(Trip(order.custody_case, order.id, leg, done=done, delivered=delivered))
             newest[order.custody_case] = order
         moved = []
         for case_id, order in newest.items():
@@ -397,9 +434,36 @@ class CustodyDesk:
             self.on_order(order)
             if self.book.case(case_id).state is not before or case_id in self.resend:
                 moved.append(case_id)
+        # Reconciled cases whose outbound is still on its way: the return waits for it.
+        for case in self.book.cases():
+            trip = self.trip_of(case.id)
+            if (
+                case.state is CaseState.RECONCILIATION_SUBMITTED
+                and trip is not None
+                and trip.leg is Leg.OUTBOUND
+                and not trip.done
+            ):
+                self.returns_due.add(case.id)
         return moved
 
     # ---- helpers -----------------------------------------------------------------------
+
+    def _seal(
+        self,
+        case_id: str,
+        leg: Leg,
+        seal_id: str,
+        robot_id: str | None,
+        compartment: int | None,
+        record: Callable[[m.SecureStop], StepResult],
+    ) -> StepResult:
+        """The robot waiting at the leg's pickup (the one scanned, when given) gets its
+        compartment sealed once the book has `record`ed the loading."""
+        stop = self._waiting(case_id, "PICKUP", leg)
+        _check_robot(case_id, stop, robot_id, compartment)
+        result = record(stop)
+        self.submit(m.SealCompartment(stop.order_id, seal_id))
+        return result
 
     def _place(
         self,

@@ -872,17 +872,10 @@ class FleetCore:
     def _custody_kept(self, run: _RobotRun) -> int:
         """Compartments of the robot kept for custody returns, now or once what it carries is
         delivered (an outbound on board will keep its compartment at its OR)."""
-        kept = len(self.custody_holds.get(run.robot.id, {}))
-        for oid in run.robot.carrying:
-            order = self.orders.get(oid)
-            if (
-                order is not None
-                and order.custody_case
-                and not order.return_of
-                and order.dropoff_station != order.pickup_station
-            ):
-                kept += 1
-        return kept
+        held = len(self.custody_holds.get(run.robot.id, {}))
+        return held + sum(
+            1 for oid in run.robot.carrying if (o := self.orders.get(oid)) and _keeps_compartment(o)
+        )
 
     def _hold_or_release_compartment(self, run: _RobotRun, order: Order) -> None:
         """After a custody order was handed over: an outbound delivered at its OR keeps its
@@ -891,7 +884,7 @@ class FleetCore:
             return
         if order.return_of:
             self._release_hold(order.return_of)
-        elif order.dropoff_station != order.pickup_station:
+        elif _keeps_compartment(order):
             self.custody_holds.setdefault(run.robot.id, {})[order.compartment] = order.id
 
     def _release_hold(self, outbound_id: str) -> None:
@@ -919,7 +912,7 @@ class FleetCore:
                     kind=step.kind.value,
                     station=step.station,
                     node=step.to_node,
-                    compartment=order.compartment + 1 if order.compartment is not None else 0,
+                    compartment=_protocol_compartment(order),
                 )
             )
             self._log(run, f"waiting at {step.station} for custody of {oid}", "SECURE_STOP", step)
@@ -952,15 +945,21 @@ class FleetCore:
                 (run.robot.id,),
             )
 
-    def _waiting_secure(self, order_id: str, kind: StepKind) -> tuple[_RobotRun, Order]:
-        """The robot standing at the secure `kind` step of custody order `order_id`;
-        FailedPrecondition naming where the order is otherwise."""
+    def _custody_order(self, order_id: str) -> Order:
+        """The open order carrying a custody case; NotFound / InvalidArgument for an unknown
+        id, FailedPrecondition for a finished order or one without a case."""
         order = self.orders.get(order_id)
         if order is None:
             self.get_order(order_id)  # NotFound / InvalidArgument
             raise FailedPrecondition(f"order {order_id} is already finished")
         if not order.custody_case:
             raise FailedPrecondition(f"order {order_id} carries no custody case")
+        return order
+
+    def _waiting_secure(self, order_id: str, kind: StepKind) -> tuple[_RobotRun, Order]:
+        """The robot standing at the secure `kind` step of custody order `order_id`;
+        FailedPrecondition naming where the order is otherwise."""
+        order = self._custody_order(order_id)
         run = self.robots.get(order.robot_id or "")
         flight = run.in_flight if run is not None else None
         if (
@@ -986,14 +985,13 @@ class FleetCore:
     def _compartment_action(
         self, run: _RobotRun, order: Order, kind: m.InstantKind, **fields: Any
     ) -> None:
-        number = order.compartment + 1 if order.compartment is not None else 0
         self._outbox.append(
             m.SendInstantAction(
                 run.robot.id,
                 next(self._action_ids),
                 kind,
                 reason=f"custody {order.custody_case}",
-                compartment=number,
+                compartment=_protocol_compartment(order),
                 **fields,
             )
         )
@@ -1035,12 +1033,7 @@ class FleetCore:
         stations = self.building.stations
         if cmd.dropoff_station not in stations:
             raise InvalidArgument("dropoff_station", f"unknown station {cmd.dropoff_station!r}")
-        order = self.orders.get(cmd.order_id)
-        if order is None:
-            self.get_order(cmd.order_id)
-            raise FailedPrecondition(f"order {cmd.order_id} is already finished")
-        if not order.custody_case:
-            raise FailedPrecondition(f"order {order.id} carries no custody case")
+        order = self._custody_order(cmd.order_id)
         if order.state is not OrderState.PICKED_UP:
             raise FailedPrecondition(
                 f"order {order.id} is {order.state.value}; only an order on board is redirected"
@@ -2787,3 +2780,18 @@ def _final_step(run: _RobotRun) -> Step | None:
     if last is not None and last.kind in (StepKind.PICKUP, StepKind.DROPOFF, StepKind.CHARGE):
         return last
     return None
+
+
+def _protocol_compartment(order: Order) -> int:
+    """The order's compartment as the robot protocol numbers it (from 1; 0: none known)."""
+    return order.compartment + 1 if order.compartment is not None else 0
+
+
+def _keeps_compartment(order: Order) -> bool:
+    """A custody outbound delivered at its OR keeps its compartment for the return leg (not a
+    return, and not one sent back to where it came from)."""
+    return (
+        bool(order.custody_case)
+        and not order.return_of
+        and order.dropoff_station != order.pickup_station
+    )
